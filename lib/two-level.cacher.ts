@@ -106,10 +106,16 @@ export class TwoLevelCacher extends Cachers.Base<any> {
 
 	override close(): Promise<void> {
 		this.l1?.clear();
-		if (!this.redis) return Promise.resolve();
-		return this.redis.quit().then(
+		const redis = this.redis;
+		if (!redis) return Promise.resolve();
+		// quit() only works on a live connection; disconnect() also cancels pending reconnect attempts.
+		if (redis.status !== "ready") {
+			redis.disconnect();
+			return Promise.resolve();
+		}
+		return redis.quit().then(
 			() => undefined,
-			() => undefined
+			() => redis.disconnect()
 		);
 	}
 
