@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import path from "node:path";
-import { ServiceBroker, type ServiceSchema } from "moleculer";
+import { ServiceBroker, type BrokerOptions, type ServiceSchema } from "moleculer";
 import { buildConfig } from "../../moleculer.config.ts";
 import { freePort, manage, ROOT, waitFor, type ManagedProcess } from "./processes.ts";
 
@@ -103,15 +103,19 @@ export function metricValue(text: string, name: string, match: Record<string, st
 
 /**
  * An in-process broker built from Lattice's real config (no ops server, quiet logs unless `LOGLEVEL` says
- * otherwise), with the given services. For unit tests and single-process integration tests.
+ * otherwise), with the given services. For unit tests and single-process integration tests. `overrides` replaces
+ * top-level broker options after the config is built, as MOL_* variables do for a spawned node (e.g. a short
+ * `heartbeatTimeout` for an observer that must notice a killed peer quickly).
  */
 export async function createBroker(
 	env: Record<string, string> = {},
-	services: ServiceSchema[] = []
+	// eslint-disable-next-line @typescript-eslint/no-explicit-any -- schemas carry their own settings types
+	services: ServiceSchema<any>[] = [],
+	overrides: Partial<BrokerOptions> = {}
 ): Promise<ServiceBroker> {
 	const config = buildConfig({ LATTICE_OPS_PORT: "0", LOGLEVEL: "warn", NODE_ENV: "production", PORT: "0", ...env });
-	const broker = new ServiceBroker(config);
-	for (const s of services) broker.createService(s);
+	const broker = new ServiceBroker({ ...config, ...overrides });
+	for (const s of services) broker.createService(s as ServiceSchema);
 	await broker.start();
 	return broker;
 }

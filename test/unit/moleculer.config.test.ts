@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Errors } from "moleculer";
+import type { Errors } from "moleculer";
 import config, { buildConfig, expandServices, presets } from "../../moleculer.config.ts";
 import { ErrorType } from "../../lib/errors.ts";
 import { TwoLevelCacher } from "../../lib/two-level.cacher.ts";
