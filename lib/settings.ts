@@ -17,7 +17,8 @@ export interface LatticeSettings {
 	topology: Topology;
 	gateway: { port: number; host: string };
 	ops: { port: number; host: string };
-	databaseUrl: string | null;
+	/** PostgreSQL for moleculer-db services; url null keeps the in-memory adapter. */
+	database: { url: string | null; schema: string };
 }
 
 export const defaultSettings: LatticeSettings = {
@@ -25,7 +26,7 @@ export const defaultSettings: LatticeSettings = {
 	topology: { region: "local", zone: "local", site: "local", role: "cloud" },
 	gateway: { port: 3000, host: "0.0.0.0" },
 	ops: { port: 3001, host: "0.0.0.0" },
-	databaseUrl: null
+	database: { url: null, schema: "public" }
 };
 
 /** The settings a broker was configured with; a broker built without Lattice's config gets the defaults. */

@@ -20,7 +20,7 @@ const ProductsService: ServiceSchema<Record<string, unknown>> = {
 	],
 
 	settings: {
-		fields: ["id", "name", "price", "stock"]
+		fields: ["id", "name", "price", "stock", "version"]
 	},
 
 	actions: {
@@ -32,7 +32,9 @@ const ProductsService: ServiceSchema<Record<string, unknown>> = {
 				id: { type: "string", min: 1, max: 64 },
 				name: { ...name, optional: true },
 				price: { ...price, optional: true },
-				stock: { ...stock, optional: true }
+				stock: { ...stock, optional: true },
+				// Send the version you read to make the update conditional (409 if someone changed it since).
+				version: { type: "number", integer: true, min: 1, optional: true, convert: true }
 			}
 		},
 		remove: {

@@ -24,7 +24,7 @@ test("starts with seed data and lists it", async () => {
 	await withProducts(async broker => {
 		const page = (await broker.call("products.list", {})) as { rows: Product[]; total: number };
 		assert.equal(page.total, 3);
-		assert.deepEqual(Object.keys(page.rows[0]!).sort(), ["id", "name", "price", "stock"]);
+		assert.deepEqual(Object.keys(page.rows[0]!).sort(), ["id", "name", "price", "stock", "version"]);
 	});
 });
 
@@ -69,5 +69,19 @@ test("updating or removing a missing product is a 404", async () => {
 	await withProducts(async broker => {
 		await assert.rejects(broker.call("products.update", { id: "missing", price: 1 }), (e: Errors.MoleculerError) => e.code === 404);
 		await assert.rejects(broker.call("products.remove", { id: "missing" }), (e: Errors.MoleculerError) => e.code === 404);
+	});
+});
+
+test("in memory too, an update naming a stale version is a 409 and changes nothing", async () => {
+	await withProducts(async broker => {
+		const p = (await broker.call("products.create", { name: "Jug", price: 9 })) as Product & { version: number };
+		assert.equal(p.version, 1);
+		const u = (await broker.call("products.update", { id: p.id, price: 10, version: 1 })) as Product & { version: number };
+		assert.equal(u.version, 2);
+		await assert.rejects(
+			broker.call("products.update", { id: p.id, price: 11, version: 1 }),
+			(e: Errors.MoleculerError) => e.code === 409 && e.type === "LATTICE_VERSION_CONFLICT"
+		);
+		assert.equal(((await broker.call("products.get", { id: p.id })) as Product).price, 10);
 	});
 });
