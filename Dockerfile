@@ -1,0 +1,60 @@
+# syntax=docker/dockerfile:1
+#
+# Lattice runtime image. Node 24 strips TypeScript types itself, so there is no build step: the image ships
+# the .ts sources the tests ran, plus production dependencies. Which services a container runs is chosen at
+# run time with SERVICES (e.g. SERVICES=api for the gateway role, SERVICES=products for the catalog role);
+# without it every service in services/ starts. Everything else is configured through the environment (see
+# moleculer.config.ts), and the same image runs as gateway, catalog or edge node.
+#
+# The container needs no writable path: the root filesystem can be read-only (Kubernetes:
+# readOnlyRootFilesystem with an emptyDir on /tmp, as k8s/ does; Docker: --read-only --tmpfs /tmp).
+# test/integration/delivery/image.test.ts runs this file's ENTRYPOINT, CMD, ENV and USER outside Docker.
+
+ARG NODE_IMAGE=node:24-alpine
+
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+# Production dependencies only. Dev dependencies include `node` itself (the toolchain's own Node 24): the
+# base image provides Node here. No runtime dependency has an install script, so none is run.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+
+FROM ${NODE_IMAGE}
+# tini as PID 1. The kernel gives PID 1 no default signal actions: a node process there ignores SIGTERM until
+# Moleculer installs its handler (so a stop during start-up waits for the kill timeout), and nothing reaps
+# orphaned children. tini forwards signals to node, reaps zombies and exits with node's exit code.
+# (`docker run --init` does the same with Docker's own tini, but Kubernetes has no such switch.)
+RUN apk add --no-cache tini \
+ && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack \
+           /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /opt/yarn-* \
+           /usr/local/bin/yarn /usr/local/bin/yarnpkg
+
+WORKDIR /app
+ENV NODE_ENV=production \
+    PATH=/app/node_modules/.bin:$PATH \
+    PORT=3000 \
+    LATTICE_OPS_PORT=3001
+
+COPY --from=deps /app/node_modules ./node_modules
+# What reaches the build context is decided by .dockerignore (an allowlist).
+COPY . .
+
+# A numeric user, so Kubernetes can check runAsNonRoot without reading /etc/passwd. Files stay owned by
+# root: the process cannot modify its own code.
+USER 1000:1000
+
+# 3000: HTTP gateway (when the api service runs). 3001: /live, /ready, /metrics.
+EXPOSE 3000 3001
+
+LABEL org.opencontainers.image.title="lattice" \
+      org.opencontainers.image.description="Lattice: an opinionated Moleculer 0.15 distribution" \
+      org.opencontainers.image.source="https://github.com/lattice/lattice" \
+      io.lattice.image="ghcr.io/lattice/lattice"
+
+# For Docker and Compose; Kubernetes ignores it and uses the probes in k8s/. Slim images have no curl:
+# Node's own fetch asks /live on the ops port.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.LATTICE_OPS_PORT || 3001) + '/live').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+
+ENTRYPOINT ["/sbin/tini", "--", "moleculer-runner-esm", "--config", "moleculer.config.ts", "--mask", "**/*.service.ts"]
+CMD ["services"]
