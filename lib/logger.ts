@@ -1,5 +1,6 @@
 import { createRequire } from "node:module";
 import { pino, type Logger as PinoLogger, type DestinationStream } from "pino";
+import { logCorrelation } from "./trace-context.ts";
 
 export interface LoggerOptions {
 	/** Moleculer log level (or per-module map). Default "info". */
@@ -33,11 +34,15 @@ function prettyStream(): DestinationStream | undefined {
 
 /**
  * Moleculer logs like console (`logger.info("Retrying", { attempts })`); pino wants the object first. This maps
- * one to the other so objects and errors become fields of the JSON line instead of being dropped.
+ * one to the other so objects and errors become fields of the JSON line instead of being dropped. Inside an
+ * action or event handler every line also gets `traceId`, `spanId`, `requestId`, `service` and `action` (or
+ * `event`) from the async context, whichever logger wrote it; fields the caller passes win.
  */
 function adapt(logger: PinoLogger): Record<LogMethod, (...args: unknown[]) => void> {
 	const method = (type: LogMethod) => (...args: unknown[]) => {
-		let fields: Record<string, unknown> | undefined;
+		// Moleculer calls every level (its debug lines run on each call): filter before doing any work.
+		if (!logger.isLevelEnabled(type)) return;
+		let fields: Record<string, unknown> | undefined = logCorrelation();
 		const words: unknown[] = [];
 		for (const a of args) {
 			if (a instanceof Error) fields = { ...fields, err: a };

@@ -1,5 +1,7 @@
-import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
+import { Gauge, collectDefaultMetrics, type Registry } from "prom-client";
 import type { ActionSchema, Context, EventSchema, ServiceBroker } from "moleculer";
+import { FastCounter, FastGauge, FastHistogram } from "../lib/fast-metrics.ts";
+import { DEFAULT_BUCKETS } from "../lib/metric-buckets.ts";
 import type { CacheOutcome } from "../lib/two-level.cacher.ts";
 
 export interface MetricsMiddlewareOptions {
@@ -10,10 +12,6 @@ export interface MetricsMiddlewareOptions {
 	/** Latency buckets in seconds. Default 0.1 ms … 10 s. */
 	buckets?: number[];
 }
-
-export const DEFAULT_BUCKETS = [
-	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
-];
 
 type Handler = (ctx: Context) => Promise<unknown>;
 type EventHandler = (ctx: Context) => unknown;
@@ -26,86 +24,108 @@ export interface MetricsMiddleware {
 }
 
 /**
- * RED metrics for every action and event handled on this node, plus transporter traffic, cache lookups and
- * circuit-breaker transitions, straight into prom-client. Label values are names and outcomes only (never ids),
- * and per-action label children are bound once when the handler is wrapped, so a call costs one histogram
- * observation and one counter increment.
+ * RED metrics (rate, errors, duration, in flight) for every action and event handled on this node, plus
+ * transporter traffic, cache lookups and circuit-breaker transitions, in the node's prom-client registry. Label
+ * values are names and outcomes only (never ids). Per-action and per-event series are bound once when the handler
+ * is wrapped (lib/fast-metrics.ts), so a call costs a few field increments and one bucket search.
  */
 export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddleware {
 	const registers = [opts.registry];
 	const buckets = opts.buckets ?? DEFAULT_BUCKETS;
 
-	const requests = new Counter({
+	const requests = new FastCounter({
 		name: "moleculer_request_total",
 		help: "Actions handled on this node, by outcome",
 		labelNames: ["action", "outcome"],
 		registers
 	});
-	const duration = new Histogram({
+	const duration = new FastHistogram({
 		name: "moleculer_request_duration_seconds",
 		help: "Time to handle an action on this node",
 		labelNames: ["action"],
 		buckets,
 		registers
 	});
-	const errors = new Counter({
+	const errors = new FastCounter({
 		name: "moleculer_request_error_total",
 		help: "Failed actions by error type",
 		labelNames: ["action", "type"],
 		registers
 	});
-	const inFlight = new Gauge({
+	const inFlight = new FastGauge({
 		name: "moleculer_request_in_flight",
 		help: "Actions being handled on this node right now",
+		labelNames: ["action"],
 		registers
 	});
-	const eventsReceived = new Counter({
+	const eventsReceived = new FastCounter({
 		name: "moleculer_event_received_total",
 		help: "Events handled on this node",
 		labelNames: ["event", "group"],
 		registers
 	});
-	const eventsEmitted = new Counter({
+	const eventDuration = new FastHistogram({
+		name: "moleculer_event_duration_seconds",
+		help: "Time to handle an event on this node",
+		labelNames: ["event", "group"],
+		buckets,
+		registers
+	});
+	const eventErrors = new FastCounter({
+		name: "moleculer_event_error_total",
+		help: "Failed event handlers by error type",
+		labelNames: ["event", "group", "type"],
+		registers
+	});
+	const eventsInFlight = new FastGauge({
+		name: "moleculer_event_in_flight",
+		help: "Event handlers running on this node right now",
+		labelNames: ["event", "group"],
+		registers
+	});
+	const eventsEmitted = new FastCounter({
 		name: "moleculer_event_emitted_total",
 		help: "Events emitted or broadcast from this node",
 		labelNames: ["event", "kind"],
 		registers
 	});
-	const packetsSent = new Counter({
+	const packetsSent = new FastCounter({
 		name: "moleculer_transporter_packets_sent_total",
 		help: "Packets sent to the transporter",
 		labelNames: ["type"],
 		registers
 	});
-	const bytesSent = new Counter({
+	const bytesSent = new FastCounter({
 		name: "moleculer_transporter_bytes_sent_total",
 		help: "Bytes sent to the transporter",
 		registers
 	});
-	const packetsReceived = new Counter({
+	const packetsReceived = new FastCounter({
 		name: "moleculer_transporter_packets_received_total",
 		help: "Packets received from the transporter",
 		labelNames: ["type"],
 		registers
 	});
-	const bytesReceived = new Counter({
+	const bytesReceived = new FastCounter({
 		name: "moleculer_transporter_bytes_received_total",
 		help: "Bytes received from the transporter",
 		registers
 	});
-	const cacheLookups = new Counter({
+	const cacheLookups = new FastCounter({
 		name: "lattice_cache_lookups_total",
 		help: "Cached-action lookups by where they were answered (l1, l2) or miss",
 		labelNames: ["outcome"],
 		registers
 	});
-	const breaker = new Counter({
+	const breaker = new FastCounter({
 		name: "moleculer_circuit_breaker_transitions_total",
 		help: "Circuit-breaker state changes",
 		labelNames: ["action", "state"],
 		registers
 	});
 
+	const bytesOut = bytesSent.labels();
+	const bytesIn = bytesReceived.labels();
 	const cacheChildren = {
 		l1: cacheLookups.labels("l1"),
 		l2: cacheLookups.labels("l2"),
@@ -121,11 +141,19 @@ export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddle
 		},
 
 		created(broker: ServiceBroker) {
-			if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: opts.registry });
+			if (opts.defaultMetrics !== false) {
+				collectDefaultMetrics({ register: opts.registry });
+				// Gauges named *_total break the Prometheus naming rules (promtool check metrics fails on them);
+				// the per-type gauges without the suffix carry the same numbers.
+				for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {
+					opts.registry.removeSingleMetric(name);
+				}
+			}
+			// `moleculer_namespace`, not `namespace`: scrapers attach the Kubernetes namespace under that name.
 			new Gauge({
 				name: "lattice_node_info",
 				help: "Constant 1, labelled with this node's identity",
-				labelNames: ["node_id", "namespace", "version"],
+				labelNames: ["node_id", "moleculer_namespace", "version"],
 				registers
 			})
 				.labels(broker.nodeID, broker.namespace || "", broker.MOLECULER_VERSION)
@@ -142,32 +170,52 @@ export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddle
 			const ok = requests.labels(name, "success");
 			const failed = requests.labels(name, "error");
 			const timer = duration.labels(name);
+			const running = inFlight.labels(name);
 			return function metricsMiddleware(ctx: Context) {
 				const start = performance.now();
-				inFlight.inc();
-				return handler(ctx).then(
-					result => {
-						inFlight.dec();
+				running.inc();
+				const p = handler(ctx);
+				// Recorded on a side branch; the caller gets the handler's own promise, without an extra microtask hop.
+				p.then(
+					() => {
+						running.dec();
 						timer.observe((performance.now() - start) / 1000);
 						ok.inc();
-						return result;
 					},
 					(err: { type?: string; name?: string }) => {
-						inFlight.dec();
+						running.dec();
 						timer.observe((performance.now() - start) / 1000);
 						failed.inc();
 						errors.labels(name, err?.type || err?.name || "Error").inc();
-						throw err;
 					}
 				);
+				return p;
 			};
 		},
 
 		localEvent(handler: EventHandler, event: EventSchema): EventHandler {
-			const child = eventsReceived.labels(event.name ?? "", event.group ?? "");
+			// Moleculer defaults the group to the service name when it registers the handler, after this runs.
+			const labels = [event.name ?? "", event.group ?? (event.service as { name?: string } | undefined)?.name ?? ""] as const;
+			const received = eventsReceived.labels(...labels);
+			const timer = eventDuration.labels(...labels);
+			const running = eventsInFlight.labels(...labels);
 			return function metricsEventMiddleware(ctx: Context) {
-				child.inc();
-				return handler(ctx);
+				const start = performance.now();
+				received.inc();
+				running.inc();
+				const p = Promise.resolve(handler(ctx));
+				p.then(
+					() => {
+						running.dec();
+						timer.observe((performance.now() - start) / 1000);
+					},
+					(err: { type?: string; name?: string }) => {
+						running.dec();
+						timer.observe((performance.now() - start) / 1000);
+						eventErrors.labels(...labels, err?.type || err?.name || "Error").inc();
+					}
+				);
+				return p;
 			};
 		},
 
@@ -188,7 +236,7 @@ export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddle
 		transporterSend(next: (topic: string, data: Buffer, meta: { packet?: { type?: string } }) => unknown) {
 			return (topic: string, data: Buffer, meta: { packet?: { type?: string } }) => {
 				packetsSent.labels(meta?.packet?.type ?? "unknown").inc();
-				bytesSent.inc(data.length);
+				bytesOut.inc(data.length);
 				return next(topic, data, meta);
 			};
 		},
@@ -196,7 +244,7 @@ export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddle
 		transporterReceive(next: (cmd: string, data: Buffer, s: unknown) => unknown) {
 			return (cmd: string, data: Buffer, s: unknown) => {
 				packetsReceived.labels(cmd).inc();
-				bytesReceived.inc(data.length);
+				bytesIn.inc(data.length);
 				return next(cmd, data, s);
 			};
 		}

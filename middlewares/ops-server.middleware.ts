@@ -37,6 +37,8 @@ export function OpsServerMiddleware(opts: OpsServerOptions): OpsServerMiddleware
 	function readiness(): { ready: boolean; reasons: string[] } {
 		const reasons: string[] = [];
 		if (phase !== "running") reasons.push(`broker ${phase}`);
+		// broker.stop() clears `started` at once but runs the `stopping` hooks only after registry.stopDelay.
+		else if (!broker.started) reasons.push("broker stopping");
 		const transit = broker.transit as { connected?: boolean } | undefined;
 		if (transit && !transit.connected) reasons.push("transporter disconnected");
 		return { ready: reasons.length === 0, reasons };
@@ -102,7 +104,11 @@ export function OpsServerMiddleware(opts: OpsServerOptions): OpsServerMiddleware
 			broker.logger.info(`Ops endpoints on :${(server.address() as AddressInfo).port} (/live, /ready, /metrics)`);
 		},
 
-		started() {
+		async started() {
+			// Moleculer announces a node's services one second after they start (a debounced INFO). Until then
+			// peers neither route calls to it nor send it broadcasts, so a cache invalidation would miss it.
+			// Announce now, and only then report ready.
+			if (broker.transit) await broker.registry.discoverer.sendLocalNodeInfo();
 			phase = "running";
 		},
 

@@ -86,8 +86,9 @@ export class PostgresAdapter {
 		const client = await this.pool!.connect();
 		try {
 			await client.query("BEGIN");
-			// One migration run per table at a time across all replicas.
-			await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.qualified]);
+			// One migration run per schema at a time across all replicas and services: the schema and the migrations
+			// table are shared, so per-table locks would let two services race to create them.
+			await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`lattice-migrations:${this.opts.schema}`]);
 			await client.query(`CREATE SCHEMA IF NOT EXISTS ${ident(this.opts.schema)}`);
 			await client.query(
 				`CREATE TABLE IF NOT EXISTS ${ident(this.opts.schema)}.lattice_migrations (

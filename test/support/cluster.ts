@@ -10,6 +10,12 @@ export const RUNNER = path.join(ROOT, "node_modules/moleculer/bin/moleculer-runn
 export const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 
+/** The cluster key every test node gets (production refuses a cluster without one); pass "" to start a node without. */
+export const TEST_CLUSTER_KEY = "bGF0dGljZS10ZXN0LWNsdXN0ZXIta2V5LW5vdC1hLXNlY3JldA==";
+
+/** The JWT secret every test node gets (a production gateway or auth service refuses to start without a key). */
+export const TEST_JWT_SECRET = "lattice-test-jwt-secret-not-a-secret-0123456789";
+
 /** A unique namespace per suite run, so concurrent runs on one NATS or Redis never meet. */
 export function uniqueNamespace(prefix = "t"): string {
 	return `${prefix}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
@@ -45,6 +51,8 @@ export async function startNode(opts: NodeOptions): Promise<LatticeNode> {
 	const env: Record<string, string> = {
 		...(process.env as Record<string, string>),
 		NODE_ENV: "production",
+		LATTICE_CLUSTER_KEY: TEST_CLUSTER_KEY,
+		LATTICE_JWT_SECRET: TEST_JWT_SECRET,
 		LOGLEVEL: "warn",
 		NODEID: opts.nodeID,
 		SERVICES: opts.services,
@@ -78,14 +86,20 @@ export async function startNode(opts: NodeOptions): Promise<LatticeNode> {
 		}
 	});
 	if (opts.waitReady !== false) {
-		await waitFor(
-			async () => {
-				if (!managed.alive()) throw new Error(`node ${opts.nodeID} exited:\n${managed.output.join("")}`);
-				return node.ready();
-			},
-			20_000,
-			`${opts.nodeID} ready`
-		);
+		try {
+			await waitFor(
+				async () => {
+					if (!managed.alive()) throw new Error(`node ${opts.nodeID} exited:\n${managed.output.join("")}`);
+					return node.ready();
+				},
+				20_000,
+				`${opts.nodeID} ready`
+			);
+		} catch (err) {
+			// A node that never got ready must not outlive the test that started it.
+			await managed.kill();
+			throw err;
+		}
 	}
 	return node;
 }
@@ -109,11 +123,19 @@ export function metricValue(text: string, name: string, match: Record<string, st
  */
 export async function createBroker(
 	env: Record<string, string> = {},
-	// eslint-disable-next-line @typescript-eslint/no-explicit-any -- schemas carry their own settings types
-	services: ServiceSchema<any>[] = [],
+	// eslint-disable-next-line @typescript-eslint/no-explicit-any -- schemas carry their own settings, methods and state types
+	services: ServiceSchema<any, any, any, any>[] = [],
 	overrides: Partial<BrokerOptions> = {}
 ): Promise<ServiceBroker> {
-	const config = buildConfig({ LATTICE_OPS_PORT: "0", LOGLEVEL: "warn", NODE_ENV: "production", PORT: "0", ...env });
+	const config = buildConfig({
+		LATTICE_OPS_PORT: "0",
+		LOGLEVEL: "warn",
+		NODE_ENV: "production",
+		PORT: "0",
+		LATTICE_CLUSTER_KEY: TEST_CLUSTER_KEY,
+		LATTICE_JWT_SECRET: TEST_JWT_SECRET,
+		...env
+	});
 	const broker = new ServiceBroker({ ...config, ...overrides });
 	for (const s of services) broker.createService(s as ServiceSchema);
 	await broker.start();

@@ -25,14 +25,21 @@ export function sleep(ms: number): Promise<void> {
 	return new Promise(r => setTimeout(r, ms));
 }
 
+type Truthy<T> = Exclude<T, false | 0 | "" | null | undefined>;
+
 /** Polls `check` until it returns a truthy value or `timeoutMs` passes; returns that value. */
-export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 10_000, what = "condition", everyMs = 50): Promise<T> {
+export async function waitFor<T>(
+	check: () => T | Promise<T>,
+	timeoutMs = 10_000,
+	what = "condition",
+	everyMs = 50
+): Promise<Truthy<T>> {
 	const deadline = Date.now() + timeoutMs;
 	let last: unknown;
 	for (;;) {
 		try {
 			const v = await check();
-			if (v) return v;
+			if (v) return v as Truthy<T>;
 		} catch (err) {
 			last = err;
 		}

@@ -4,6 +4,7 @@ import type { Errors } from "moleculer";
 import config, { buildConfig, expandServices, presets } from "../../moleculer.config.ts";
 import { ErrorType } from "../../lib/errors.ts";
 import { TwoLevelCacher } from "../../lib/two-level.cacher.ts";
+import { LocalityStrategy } from "../../lib/locality.strategy.ts";
 
 test("no environment: one process, in-process cache, presets on, cloud topology", () => {
 	const c = buildConfig({});
@@ -28,11 +29,10 @@ test("TRANSPORTER=nats:// gives NATS that reconnects forever, with credentials k
 		LATTICE_NATS_TLS_CA: "/etc/ca.pem"
 	});
 	const t = c.transporter as { type: string; options: Record<string, unknown> };
-	assert.equal(t.type, "NATS");
+	assert.equal(t.type, "LatticeNATS");
 	assert.equal(t.options.url, "nats://nats:4222");
 	assert.equal(t.options.maxReconnectAttempts, -1);
-	assert.equal(t.options.user, "svc");
-	assert.equal(t.options.pass, "pw");
+	assert.deepEqual((t.options.authenticator as () => unknown)(), { user: "svc", pass: "pw" });
 	assert.deepEqual(t.options.tls, { caFile: "/etc/ca.pem" });
 	assert.equal(c.nodeID, "n1");
 });
@@ -72,7 +72,7 @@ test("the runner entry claims TRANSPORTER and CACHER so moleculer-runner cannot 
 		process.env.SERVICES = "api";
 		delete process.env.SERVICEDIR;
 		const c = config();
-		assert.equal((c.transporter as { type: string }).type, "NATS");
+		assert.equal((c.transporter as { type: string }).type, "LatticeNATS");
 		assert.equal(process.env.TRANSPORTER, undefined);
 		assert.equal(process.env.CACHER, undefined);
 		assert.equal(process.env.SERVICES, "services/api.service.ts");
@@ -80,4 +80,22 @@ test("the runner entry claims TRANSPORTER and CACHER so moleculer-runner cannot 
 		for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
 		Object.assign(process.env, saved);
 	}
+});
+
+test("locality-aware balancing by default, without Moleculer's local shortcut; LATTICE_STRATEGY picks another", () => {
+	const pick = (env: Record<string, string>) => {
+		const r = buildConfig(env).registry as { strategy: unknown; preferLocal: boolean };
+		return { strategy: r.strategy, preferLocal: r.preferLocal };
+	};
+	assert.deepEqual(pick({}), { strategy: LocalityStrategy, preferLocal: false });
+	assert.deepEqual(pick({ LATTICE_STRATEGY: "RoundRobin" }), { strategy: "RoundRobin", preferLocal: true });
+	for (const env of [{ LATTICE_STRATEGY: "Nearest" }, { LATTICE_SITE_PROBE_INTERVAL: "soon" }, { LATTICE_OUTBOX_MAX_MB: "0" }]) {
+		assert.throws(() => buildConfig(env), (err: Errors.MoleculerError) => err.type === ErrorType.CONFIG_INVALID && err.message.includes(Object.keys(env)[0]!));
+	}
+});
+
+test("store-and-forward settings: hub domain, collected sites, outbox limits", () => {
+	assert.deepEqual(buildConfig({}).lattice.facts, { hubDomain: "hub", sites: [], outboxMaxAge: 168 * 3_600_000, outboxMaxBytes: 256 * 1_048_576 });
+	const f = buildConfig({ LATTICE_HUB_DOMAIN: "cloud", LATTICE_FACT_SITES: "plant-1, plant-2", LATTICE_OUTBOX_MAX_AGE: "48", LATTICE_OUTBOX_MAX_MB: "64" }).lattice.facts;
+	assert.deepEqual(f, { hubDomain: "cloud", sites: ["plant-1", "plant-2"], outboxMaxAge: 48 * 3_600_000, outboxMaxBytes: 64 * 1_048_576 });
 });

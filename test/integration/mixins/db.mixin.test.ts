@@ -3,12 +3,15 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import type { Errors, ServiceBroker, ServiceSchema } from "moleculer";
 import ProductsService from "../../../services/products.service.ts";
+import { asUser, EDITOR } from "../../support/auth.ts";
 import { createBroker, NATS_URL, uniqueNamespace } from "../../support/cluster.ts";
 import { waitFor } from "../../support/processes.ts";
 
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const schema = `t_${uniqueNamespace("db").replace(/-/g, "_")}`;
 const env = { DATABASE_URL, LATTICE_DB_SCHEMA: schema };
+/** Writes need `products:write` (services/products.service.ts). */
+const AS_EDITOR = asUser(EDITOR);
 
 interface Product {
 	id: string;
@@ -45,7 +48,7 @@ test("on PostgreSQL: migrations create the table once, seed data lands, CRUD wor
 		assert.equal(page.total, 3);
 		assert.deepEqual(page.rows.map(r => r.price), [129, 24.5, 14.9], "sorted by price descending, numerically");
 
-		const p = (await broker.call("products.create", { name: "Tamper", price: 30, stock: 2 })) as Product;
+		const p = (await broker.call("products.create", { name: "Tamper", price: 30, stock: 2 }, AS_EDITOR)) as Product;
 		assert.equal(p.version, 1);
 		const { rows: stored } = await admin.query(`SELECT doc, version FROM ${schema}.products WHERE id = $1`, [p.id]);
 		assert.deepEqual(stored[0].doc, { name: "Tamper", price: 30, stock: 2 });
@@ -55,10 +58,10 @@ test("on PostgreSQL: migrations create the table once, seed data lands, CRUD wor
 		const searched = (await broker.call("products.list", { search: "grind", searchFields: "name" })) as { rows: Product[] };
 		assert.deepEqual(searched.rows.map(r => r.name), ["Burr grinder"]);
 
-		const u = (await broker.call("products.update", { id: p.id, stock: 1 })) as Product;
+		const u = (await broker.call("products.update", { id: p.id, stock: 1 }, AS_EDITOR)) as Product;
 		assert.equal(u.stock, 1);
 		assert.equal(u.version, 2);
-		await broker.call("products.remove", { id: p.id });
+		await broker.call("products.remove", { id: p.id }, AS_EDITOR);
 		await assert.rejects(broker.call("products.get", { id: p.id }), (e: Errors.MoleculerError) => e.code === 404);
 	});
 	// A second start runs no migration again and does not reseed.
@@ -71,9 +74,9 @@ test("on PostgreSQL: migrations create the table once, seed data lands, CRUD wor
 
 test("optimistic concurrency: of concurrent updates naming the same version exactly one wins, the rest get 409", async () => {
 	await withBroker({}, [ProductsService], async broker => {
-		const p = (await broker.call("products.create", { name: "Cup", price: 5, stock: 100 })) as Product;
+		const p = (await broker.call("products.create", { name: "Cup", price: 5, stock: 100 }, AS_EDITOR)) as Product;
 		const results = await Promise.allSettled(
-			Array.from({ length: 10 }, (_, i) => broker.call("products.update", { id: p.id, stock: i, version: p.version }))
+			Array.from({ length: 10 }, (_, i) => broker.call("products.update", { id: p.id, stock: i, version: p.version }, AS_EDITOR))
 		);
 		const ok = results.filter(r => r.status === "fulfilled");
 		const conflicts = results.filter(
@@ -83,7 +86,7 @@ test("optimistic concurrency: of concurrent updates naming the same version exac
 		assert.equal(conflicts.length, 9);
 		const now = (await broker.call("products.get", { id: p.id })) as Product;
 		assert.equal(now.version, 2);
-		await assert.rejects(broker.call("products.update", { id: "nope", stock: 1, version: 1 }), (e: Errors.MoleculerError) => e.code === 404);
+		await assert.rejects(broker.call("products.update", { id: "nope", stock: 1, version: 1 }, AS_EDITOR), (e: Errors.MoleculerError) => e.code === 404);
 	});
 });
 
@@ -111,11 +114,11 @@ test("entity events are emitted and writes on one node invalidate cached reads o
 	const b = await createBroker({ ...env, ...cluster, NODEID: `${ns}-b` }, [ProductsService, listener]);
 	try {
 		await waitFor(() => a.registry.nodes.has(`${ns}-b`) && b.registry.nodes.has(`${ns}-a`), 10_000, "discovery");
-		const p = (await a.call("products.create", { name: "Filter", price: 3 })) as Product;
+		const p = (await a.call("products.create", { name: "Filter", price: 3 }, AS_EDITOR)) as Product;
 		// b caches the read in its own L1 …
 		assert.equal(((await b.call("products.get", { id: p.id }, { nodeID: `${ns}-b` })) as Product).price, 3);
 		// … a writes, and b's next read must see it.
-		await a.call("products.update", { id: p.id, price: 4 }, { nodeID: `${ns}-a` });
+		await a.call("products.update", { id: p.id, price: 4 }, { ...AS_EDITOR, nodeID: `${ns}-a` });
 		await waitFor(
 			async () => ((await b.call("products.get", { id: p.id }, { nodeID: `${ns}-b` })) as Product).price === 4,
 			5_000,

@@ -8,6 +8,7 @@ function counterService(calls: { n: number }, delayMs = 0): ServiceSchema {
 		name: "s",
 		actions: {
 			get: {
+				public: true,
 				cache: { keys: ["id"] },
 				params: { id: "string" },
 				async handler(ctx) {
@@ -16,7 +17,7 @@ function counterService(calls: { n: number }, delayMs = 0): ServiceSchema {
 					return { id: ctx.params.id, n: calls.n };
 				}
 			},
-			uncached: { handler: () => ++calls.n }
+			uncached: { public: true, handler: () => ++calls.n }
 		}
 	};
 }

@@ -1,0 +1,374 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Attributes, AttributeValue, HrTime, SpanContext as OtelSpanContext, SpanStatus } from "@opentelemetry/api";
+import { createTraceState, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import type { ReadableSpan, SpanProcessor, TimedEvent } from "@opentelemetry/sdk-trace";
+import type { Resource } from "@opentelemetry/resources";
+import type { Context, ServiceBroker } from "moleculer";
+import { configError } from "./errors.ts";
+import { activeSpan, extract, formatTraceparent, inject, newSpanId, newTraceId, runWithSpan, type ActiveSpan, type SpanContext } from "./trace-context.ts";
+
+export { SpanKind };
+
+/** The OTEL_TRACES_SAMPLER values Lattice implements (the spec's built-in ones, without the Jaeger/X-Ray remotes). */
+export const SAMPLERS = [
+	"always_on",
+	"always_off",
+	"traceidratio",
+	"parentbased_always_on",
+	"parentbased_always_off",
+	"parentbased_traceidratio"
+] as const;
+export type SamplerName = (typeof SAMPLERS)[number];
+
+/** Decides, once per span, whether it is sampled; `parent` is null for a root span. */
+export interface Sampler {
+	sample(parent: SpanContext | null, traceId: string): boolean;
+	/** Whether `sample` reads the trace id; if not, a root's id is only made when something asks for it. */
+	readonly readsTraceId: boolean;
+}
+
+/**
+ * OpenTelemetry's TraceIdRatioBased test (the trace id's four 32-bit words XORed, against ratio × 2³²), so that
+ * Lattice and any OpenTelemetry service decide alike on the same trace. Inlined: it runs for every new trace, and
+ * the SDK's version validates the id with a regex and allocates a result each time.
+ */
+function ratioTest(ratio: number): (traceId: string) => boolean {
+	const bound = ratio >= 1 ? 0x1_0000_0000 : Math.floor(ratio * 0xffff_ffff);
+	return traceId => {
+		let acc = 0;
+		for (let i = 0; i < 32; i += 8) {
+			let word = 0;
+			for (let j = i; j < i + 8; j++) {
+				const c = traceId.charCodeAt(j);
+				word = (word << 4) | (c < 58 ? c - 48 : c - 87);
+			}
+			acc = (acc ^ word) >>> 0;
+		}
+		return acc < bound;
+	};
+}
+
+export function createSampler(name: SamplerName, ratio = 1): Sampler {
+	if (!(ratio >= 0 && ratio <= 1)) throw configError(`The sampling ratio must be between 0 and 1, got ${ratio}`);
+	const ratioSampled = ratioTest(ratio);
+	switch (name) {
+		case "always_on":
+			return { readsTraceId: false, sample: () => true };
+		case "always_off":
+			return { readsTraceId: false, sample: () => false };
+		case "traceidratio":
+			return { readsTraceId: true, sample: (_parent, traceId) => ratioSampled(traceId) };
+		case "parentbased_always_on":
+			return { readsTraceId: false, sample: parent => parent?.sampled ?? true };
+		case "parentbased_always_off":
+			return { readsTraceId: false, sample: parent => parent?.sampled ?? false };
+		case "parentbased_traceidratio":
+			return { readsTraceId: true, sample: (parent, traceId) => (parent ? parent.sampled : ratioSampled(traceId)) };
+	}
+}
+
+export interface TracerOptions {
+	sampler: Sampler;
+	/** Where finished sampled spans go; null propagates ids and records nothing. */
+	processor: SpanProcessor | null;
+	resource: Resource;
+	/** Name and version of what produced the spans (OTLP's instrumentation scope). */
+	scope: { name: string; version: string };
+	/** Called once per finished span that is handed to the processor. */
+	onRecorded?: () => void;
+}
+
+export interface StartSpanOptions {
+	kind: SpanKind;
+	/** The span this one runs under: a local span, or a context read from a carrier (then `remote`). */
+	parent: SpanContext | null;
+	remote?: boolean;
+	/** When the work began, if before the span is made (epoch ms, from `nowMs()`). */
+	startMs?: number;
+}
+
+const NO_ATTRIBUTES: Attributes = Object.freeze({});
+
+/** Wall-clock time in ms with sub-ms precision, taken from the monotonic clock so durations never go negative. */
+export function nowMs(): number {
+	return performance.timeOrigin + performance.now();
+}
+
+function hrTime(ms: number): HrTime {
+	const seconds = Math.floor(ms / 1000);
+	const nanos = Math.round((ms - seconds * 1000) * 1e6);
+	return nanos >= 1e9 ? [seconds + 1, nanos - 1e9] : [seconds, nanos];
+}
+
+function errorType(err: unknown): string {
+	const e = err as { type?: unknown; name?: unknown } | null;
+	if (e && typeof e.type === "string" && e.type) return e.type;
+	if (e && typeof e.name === "string" && e.name) return e.name;
+	return "Error";
+}
+
+/**
+ * One unit of work: an action or event handled on this node, or an HTTP request at the gateway. Every span has
+ * ids (they propagate and go into logs even when nothing is recorded); only a `recording` span keeps a name,
+ * attributes, status and timings and is exported when it ends.
+ */
+export class Span implements ActiveSpan {
+	readonly sampled: boolean;
+	readonly traceState: string | undefined;
+	/** True when sampled and an exporter is configured: only then are attributes worth computing. */
+	readonly recording: boolean;
+	ctx: Context | null = null;
+	name: string;
+	readonly kind: SpanKind;
+	private readonly parent: SpanContext | null;
+	private readonly remoteParent: boolean;
+	private readonly tracer: Tracer;
+	private readonly attributes: Attributes;
+	private readonly startMs: number;
+	private status: SpanStatus = { code: SpanStatusCode.UNSET };
+	private events: TimedEvent[] | null = null;
+	private ended = false;
+	// Made on first read: a span nobody logs in, propagates or exports never pays for random ids.
+	private ownTraceId: string | undefined;
+	private ownSpanId: string | undefined;
+
+	constructor(tracer: Tracer, name: string, opts: StartSpanOptions, traceId: string | undefined, sampled: boolean, recording: boolean) {
+		const parent = opts.parent;
+		this.tracer = tracer;
+		this.name = name;
+		this.kind = opts.kind;
+		this.parent = parent;
+		this.remoteParent = opts.remote === true;
+		this.ownTraceId = traceId;
+		this.traceState = parent?.traceState;
+		this.sampled = sampled;
+		this.recording = recording;
+		this.attributes = recording ? {} : NO_ATTRIBUTES;
+		this.startMs = recording ? (opts.startMs ?? nowMs()) : 0;
+	}
+
+	get traceId(): string {
+		return (this.ownTraceId ??= this.parent ? this.parent.traceId : newTraceId());
+	}
+
+	get spanId(): string {
+		return (this.ownSpanId ??= newSpanId());
+	}
+
+	/** The `traceparent` value that makes the receiver a child of this span. */
+	traceparent(): string {
+		return formatTraceparent(this);
+	}
+
+	setAttribute(key: string, value: AttributeValue | undefined): this {
+		if (this.recording && value !== undefined) this.attributes[key] = value;
+		return this;
+	}
+
+	/**
+	 * Records a failure: `error.type` and an `exception` event as OpenTelemetry does, and status ERROR for server
+	 * faults. A client error (code 4xx: bad params, not found, forbidden) leaves the status unset, as the HTTP
+	 * conventions do for server spans, so error views show what the service got wrong, not what callers did.
+	 */
+	recordError(err: unknown): this {
+		if (!this.recording) return this;
+		const type = errorType(err);
+		const message = err instanceof Error ? err.message : String(err);
+		const code = (err as { code?: unknown } | null)?.code;
+		if (!(typeof code === "number" && code >= 400 && code < 500)) this.status = { code: SpanStatusCode.ERROR, message };
+		this.attributes["error.type"] = type;
+		(this.events ??= []).push({
+			name: "exception",
+			time: hrTime(nowMs()),
+			attributes: { "exception.type": type, "exception.message": message }
+		});
+		return this;
+	}
+
+	/** An error status without an exception (e.g. an HTTP 5xx answered without a thrown error). */
+	setError(message: string): this {
+		if (this.recording) this.status = { code: SpanStatusCode.ERROR, message };
+		return this;
+	}
+
+	end(): void {
+		if (this.ended) return;
+		this.ended = true;
+		if (this.recording) this.tracer.record(this.toReadable(nowMs()));
+	}
+
+	private toReadable(endMs: number): ReadableSpan {
+		const { traceId, spanId, traceState, parent } = this;
+		const state = traceState ? createTraceState(traceState) : undefined;
+		const spanContext: OtelSpanContext = { traceId, spanId, traceFlags: 1, traceState: state };
+		const parentSpanContext: OtelSpanContext | undefined = parent
+			? { traceId: parent.traceId, spanId: parent.spanId, traceFlags: parent.sampled ? 1 : 0, isRemote: this.remoteParent }
+			: undefined;
+		return {
+			name: this.name,
+			kind: this.kind,
+			spanContext: () => spanContext,
+			parentSpanContext,
+			startTime: hrTime(this.startMs),
+			endTime: hrTime(endMs),
+			duration: hrTime(endMs - this.startMs),
+			status: this.status,
+			attributes: this.attributes,
+			links: [],
+			events: this.events ?? [],
+			ended: true,
+			resource: this.tracer.resource,
+			instrumentationScope: this.tracer.scope,
+			droppedAttributesCount: 0,
+			droppedEventsCount: 0,
+			droppedLinksCount: 0
+		};
+	}
+}
+
+/** Starts spans, decides sampling and hands finished sampled spans to the processor (batching exporter). */
+export class Tracer {
+	readonly resource: Resource;
+	readonly scope: { name: string; version: string };
+	private readonly sampler: Sampler;
+	private readonly processor: SpanProcessor | null;
+	private readonly onRecorded: (() => void) | undefined;
+
+	constructor(opts: TracerOptions) {
+		this.sampler = opts.sampler;
+		this.processor = opts.processor;
+		this.resource = opts.resource;
+		this.scope = opts.scope;
+		this.onRecorded = opts.onRecorded;
+	}
+
+	/** Whether spans are exported at all; without an exporter only ids are propagated. */
+	get exporting(): boolean {
+		return this.processor !== null;
+	}
+
+	startSpan(name: string, opts: StartSpanOptions): Span {
+		const parent = opts.parent;
+		// A ratio sampler decides on the trace id, so a root's is made up front; the others never read it.
+		const reads = this.sampler.readsTraceId;
+		const traceId = !parent && reads ? newTraceId() : undefined;
+		const sampled = this.sampler.sample(parent, reads ? (traceId ?? parent!.traceId) : "");
+		return new Span(this, name, opts, traceId, sampled, sampled && this.processor !== null);
+	}
+
+	record(span: ReadableSpan): void {
+		this.processor?.onEnd(span);
+		this.onRecorded?.();
+	}
+
+	/** Exports what is queued; resolves (never rejects) within the processor's export timeout. */
+	async flush(): Promise<void> {
+		await this.processor?.forceFlush().catch(() => undefined);
+	}
+
+	async shutdown(): Promise<void> {
+		await this.processor?.shutdown().catch(() => undefined);
+	}
+}
+
+const tracers = new WeakMap<ServiceBroker, Tracer>();
+
+/** Called by the tracing middleware when the broker is created. */
+export function registerTracer(broker: ServiceBroker, tracer: Tracer): void {
+	tracers.set(broker, tracer);
+}
+
+export function tracerOf(broker: ServiceBroker): Tracer | undefined {
+	return tracers.get(broker);
+}
+
+/** Call options property through which the gateway hands its HTTP span to the `rest` action it calls. */
+export const HTTP_SPAN = Symbol("lattice.httpSpan");
+
+/**
+ * The gateway's part of tracing, called from moleculer-web's `rootCallOptions`: continues the caller's trace
+ * from `traceparent`/`tracestate` (or starts one), returns `traceparent` in the response, and records the request
+ * as a SERVER span that ends when the response does. The span becomes the `rest` action's own, so every action
+ * the request calls is its child. Without a tracer on the broker it does nothing.
+ */
+export function traceHttpRequest(broker: ServiceBroker, options: object, req: IncomingMessage, res: ServerResponse): void {
+	const tracer = tracerOf(broker);
+	if (!tracer) return;
+	const parent = extract(req.headers);
+	const method = req.method ?? "GET";
+	const span = tracer.startSpan(method, { kind: SpanKind.SERVER, parent, remote: parent !== null });
+	if (span.recording) {
+		const url = req.url ?? "/";
+		const q = url.indexOf("?");
+		span
+			.setAttribute("http.request.method", method)
+			.setAttribute("url.path", q === -1 ? url : url.slice(0, q))
+			.setAttribute("url.scheme", (req.socket as { encrypted?: boolean }).encrypted ? "https" : "http")
+			.setAttribute("user_agent.original", req.headers["user-agent"]);
+	}
+	(options as { [HTTP_SPAN]?: Span })[HTTP_SPAN] = span;
+	res.setHeader("traceparent", span.traceparent());
+	res.once("close", () => {
+		if (span.recording) {
+			// moleculer-web leaves the matched alias on the request: its path template names the span.
+			const route = (req as { $alias?: { fullPath?: string } }).$alias?.fullPath;
+			if (route) {
+				span.name = `${method} ${route}`;
+				span.setAttribute("http.route", route);
+			}
+			span.setAttribute("http.response.status_code", res.statusCode);
+			// Per the HTTP conventions only 5xx make a server span an error; a 4xx is the client's.
+			if (res.statusCode >= 500) span.setAttribute("error.type", String(res.statusCode)).setError(`HTTP ${res.statusCode}`);
+			else if (!res.writableFinished) span.setError("Connection closed before the response was sent");
+		}
+		span.end();
+	});
+}
+
+/**
+ * The sending side of a channel message (lib/channels): its headers carry the active trace context, so the
+ * consumer continues the trace whenever and wherever it runs. Headers the sender set win.
+ */
+export function traceHeaders(headers?: Record<string, string>): Record<string, string> | undefined {
+	const span = activeSpan();
+	if (!span) return headers;
+	return { ...(inject(span) as Record<string, string>), ...headers };
+}
+
+export interface TracedMessage {
+	id: string;
+	channel: string;
+	group: string;
+	delivery: number;
+	headers: Record<string, string>;
+}
+
+/**
+ * The consuming side: handling `msg` is a CONSUMER span, child of the sender's span (from the message headers),
+ * active for logs and calls while `run` runs, failed if it throws. Each redelivery is its own span. Without a
+ * tracer on the broker it just runs.
+ */
+export async function traceChannelMessage<T>(broker: ServiceBroker, msg: TracedMessage, ctx: Context | null, run: () => T | Promise<T>): Promise<T> {
+	const tracer = tracerOf(broker);
+	if (!tracer) return run();
+	// Header names may come back from the broker in another case.
+	const headers = Object.fromEntries(Object.entries(msg.headers).map(([k, v]) => [k.toLowerCase(), v]));
+	const parent = extract(headers);
+	const span = tracer.startSpan(`process ${msg.channel}`, { kind: SpanKind.CONSUMER, parent, remote: parent !== null });
+	span
+		.setAttribute("messaging.system", "lattice-channels")
+		.setAttribute("messaging.operation.type", "process")
+		.setAttribute("messaging.destination.name", msg.channel)
+		.setAttribute("messaging.consumer.group.name", msg.group)
+		.setAttribute("messaging.message.id", msg.id)
+		.setAttribute("lattice.channel.delivery", msg.delivery);
+	span.ctx = ctx;
+	try {
+		const result = await runWithSpan(span, run);
+		span.end();
+		return result;
+	} catch (err) {
+		span.recordError(err).end();
+		throw err;
+	}
+}
