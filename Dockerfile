@@ -39,6 +39,13 @@ COPY --from=deps /app/node_modules ./node_modules
 # What reaches the build context is decided by .dockerignore (an allowlist).
 COPY . .
 
+# Node's compile cache, filled once here rather than at every start (lib/compile-cache.cli.ts): a node then
+# compiles none of its modules from source and never loads the TypeScript stripper, which saves about 200 ms
+# of start-up CPU and 25 MiB of memory (README, Footprint). Node keys the cache by user id, so it is filled as
+# the USER below, then owned by root and read-only. A process run as another user compiles as usual.
+RUN node lib/compile-cache.cli.ts /app/.compile-cache --user 1000:1000
+ENV NODE_COMPILE_CACHE=/app/.compile-cache
+
 # A numeric user, so Kubernetes can check runAsNonRoot without reading /etc/passwd. Files stay owned by
 # root: the process cannot modify its own code.
 USER 1000:1000

@@ -3,7 +3,7 @@ import type { BrokerOptions } from "moleculer";
 import { Registry } from "prom-client";
 import { configError, ErrorType } from "./lib/errors.ts";
 import { originMatcher, trustedProxies } from "./lib/http-security.ts";
-import { defaultJwtSettings, jwtKeys, type JwtSettings } from "./lib/jwt.ts";
+import { defaultJwtSettings, jwtKeys, type JwtSettings } from "./lib/jwt-keys.ts";
 import { LocalityStrategy } from "./lib/locality.strategy.ts";
 import { pinoLoggerConfig } from "./lib/logger.ts";
 import { defaultSettings, type AuthSettings, type GatewaySettings, type LatticeSettings, type Topology } from "./lib/settings.ts";

@@ -1,9 +1,9 @@
-import pg from "pg";
+import type pg from "pg";
 
 /**
  * PostgreSQL plumbing shared by Lattice's own tables (channel receipts, saga state, the example domain's
- * stores): one small pool per database URL and process, and idempotent table creation that replicas starting
- * together cannot trip over.
+ * stores) and the moleculer-db adapter: pools, one shared pool per database URL and process, and idempotent
+ * table creation that replicas starting together cannot trip over.
  */
 
 const IDENT = /^[A-Za-z_][\w]*$/;
@@ -21,14 +21,26 @@ interface SharedPool {
 
 const pools = new Map<string, SharedPool>();
 
+/** The driver, imported on first use: a node without DATABASE_URL never loads it. */
+async function driver(): Promise<typeof pg> {
+	return (await import("pg")).default;
+}
+
+/** A pool of its own. The caller handles its `error` events (an idle client losing its connection). */
+export async function createPool(config: pg.PoolConfig): Promise<pg.Pool> {
+	const { Pool } = await driver();
+	return new Pool(config);
+}
+
 /**
  * The process's pool for `url`, shared by every store that asks for it, so a node holds a handful of
  * connections however many stores it runs. Give it back with {@link releasePool}.
  */
-export function acquirePool(url: string, max = 10): pg.Pool {
+export async function acquirePool(url: string, max = 10): Promise<pg.Pool> {
+	const { Pool } = await driver();
 	let shared = pools.get(url);
 	if (!shared) {
-		const pool = new pg.Pool({ connectionString: url, max });
+		const pool = new Pool({ connectionString: url, max });
 		// An idle client losing its connection must not crash the process; the next query reconnects.
 		pool.on("error", () => undefined);
 		shared = { pool, users: 0 };

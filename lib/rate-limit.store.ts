@@ -1,4 +1,4 @@
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
 import type { ServiceBroker } from "moleculer";
 
 /**
@@ -61,7 +61,8 @@ export interface RedisRateLimitOptions {
 export class RedisRateLimitStore implements RateLimitStore {
 	private readonly windowMs: number;
 	private readonly prefix: string;
-	private readonly redis: Redis;
+	private redis: Redis | null = null;
+	private closed = false;
 	private readonly fallback: MemoryRateLimitStore;
 	private readonly logger: WarnLogger | undefined;
 	private readonly connected: Promise<void>;
@@ -72,14 +73,22 @@ export class RedisRateLimitStore implements RateLimitStore {
 		this.prefix = opts.prefix;
 		this.logger = opts.logger;
 		this.fallback = new MemoryRateLimitStore(windowMs);
-		// No offline queue and one attempt: a request must never wait on a Redis that is away.
-		this.redis = new Redis(opts.url, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 2_000 });
-		this.redis.on("error", err => this.warnOnce(`Rate limit store: Redis error (${err.message}); counting in memory meanwhile`));
 		// Requests arriving while the first connection is being made wait for it (up to the connect timeout)
 		// rather than being counted apart from the other replicas.
-		this.connected = new Promise(resolve => {
-			this.redis.once("ready", resolve);
-			this.redis.once("end", resolve);
+		this.connected = this.connect(opts.url);
+	}
+
+	/** ioredis is imported here, so gateways that count in memory never load it. */
+	private async connect(url: string): Promise<void> {
+		const { Redis } = await import("ioredis");
+		if (this.closed) return;
+		// No offline queue and one attempt: a request must never wait on a Redis that is away.
+		const redis = new Redis(url, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 2_000 });
+		redis.on("error", err => this.warnOnce(`Rate limit store: Redis error (${err.message}); counting in memory meanwhile`));
+		this.redis = redis;
+		await new Promise(resolve => {
+			redis.once("ready", resolve);
+			redis.once("end", resolve);
 			setTimeout(resolve, 2_000).unref();
 		});
 	}
@@ -89,6 +98,7 @@ export class RedisRateLimitStore implements RateLimitStore {
 		const w = Math.floor(Date.now() / this.windowMs);
 		const k = `${this.prefix}${w}:${key}`;
 		try {
+			if (!this.redis) throw new Error("store closed");
 			const res = await this.redis.multi().incr(k).pexpire(k, this.windowMs + 1_000).exec();
 			const [err, count] = res?.[0] ?? [new Error("empty MULTI reply"), null];
 			if (err) throw err;
@@ -104,8 +114,9 @@ export class RedisRateLimitStore implements RateLimitStore {
 	}
 
 	async close(): Promise<void> {
+		this.closed = true;
 		await this.fallback.close();
-		this.redis.disconnect();
+		this.redis?.disconnect();
 	}
 
 	/** At most one warning per window, so an outage under load does not flood the logs. */

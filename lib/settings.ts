@@ -1,5 +1,5 @@
 import type { ServiceBroker } from "moleculer";
-import { defaultJwtSettings, type JwtSettings } from "./jwt.ts";
+import { defaultJwtSettings, type JwtSettings } from "./jwt-keys.ts";
 import { DEMO_USERS, type UserSeed } from "./users.ts";
 
 /** Where a node runs. Advertised in the node's metadata so every peer sees it. */
@@ -26,7 +26,7 @@ export interface GatewaySettings {
 	rateLimit: { limit: number; loginLimit: number; windowMs: number; redis: string | null };
 }
 
-/** Token issuing and checking (lib/jwt.ts) and the login accounts of services/auth.service.ts. */
+/** Token issuing and checking (lib/jwt-keys.ts, lib/jwt.ts) and the login accounts of services/auth.service.ts. */
 export interface AuthSettings {
 	jwt: JwtSettings;
 	users: UserSeed[];

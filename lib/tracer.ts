@@ -67,13 +67,20 @@ export function createSampler(name: SamplerName, ratio = 1): Sampler {
 	}
 }
 
-export interface TracerOptions {
-	sampler: Sampler;
-	/** Where finished sampled spans go; null propagates ids and records nothing. */
-	processor: SpanProcessor | null;
+/** Where a tracer's sampled spans go (made by lib/trace-exporter.ts, which loads the OpenTelemetry SDK). */
+export interface SpanExport {
+	/** Takes finished sampled spans (the batching exporter). */
+	processor: SpanProcessor;
+	/** What every exported span says produced it: service, node, host. */
 	resource: Resource;
 	/** Name and version of what produced the spans (OTLP's instrumentation scope). */
 	scope: { name: string; version: string };
+}
+
+export interface TracerOptions {
+	sampler: Sampler;
+	/** Where sampled spans are exported; null propagates ids and records nothing. */
+	export: SpanExport | null;
 	/** Called once per finished span that is handed to the processor. */
 	onRecorded?: () => void;
 }
@@ -194,10 +201,11 @@ export class Span implements ActiveSpan {
 	end(): void {
 		if (this.ended) return;
 		this.ended = true;
-		if (this.recording) this.tracer.record(this.toReadable(nowMs()));
+		if (this.recording) this.tracer.record(this, nowMs());
 	}
 
-	private toReadable(endMs: number): ReadableSpan {
+	/** The span as OpenTelemetry's exporters take it; called by the tracer once the span has ended. */
+	toReadable(endMs: number, to: SpanExport): ReadableSpan {
 		const { traceId, spanId, traceState, parent } = this;
 		const state = traceState ? createTraceState(traceState) : undefined;
 		const spanContext: OtelSpanContext = { traceId, spanId, traceFlags: 1, traceState: state };
@@ -217,8 +225,8 @@ export class Span implements ActiveSpan {
 			links: [],
 			events: this.events ?? [],
 			ended: true,
-			resource: this.tracer.resource,
-			instrumentationScope: this.tracer.scope,
+			resource: to.resource,
+			instrumentationScope: to.scope,
 			droppedAttributesCount: 0,
 			droppedEventsCount: 0,
 			droppedLinksCount: 0
@@ -228,23 +236,19 @@ export class Span implements ActiveSpan {
 
 /** Starts spans, decides sampling and hands finished sampled spans to the processor (batching exporter). */
 export class Tracer {
-	readonly resource: Resource;
-	readonly scope: { name: string; version: string };
 	private readonly sampler: Sampler;
-	private readonly processor: SpanProcessor | null;
+	private readonly to: SpanExport | null;
 	private readonly onRecorded: (() => void) | undefined;
 
 	constructor(opts: TracerOptions) {
 		this.sampler = opts.sampler;
-		this.processor = opts.processor;
-		this.resource = opts.resource;
-		this.scope = opts.scope;
+		this.to = opts.export;
 		this.onRecorded = opts.onRecorded;
 	}
 
 	/** Whether spans are exported at all; without an exporter only ids are propagated. */
 	get exporting(): boolean {
-		return this.processor !== null;
+		return this.to !== null;
 	}
 
 	startSpan(name: string, opts: StartSpanOptions): Span {
@@ -253,21 +257,22 @@ export class Tracer {
 		const reads = this.sampler.readsTraceId;
 		const traceId = !parent && reads ? newTraceId() : undefined;
 		const sampled = this.sampler.sample(parent, reads ? (traceId ?? parent!.traceId) : "");
-		return new Span(this, name, opts, traceId, sampled, sampled && this.processor !== null);
+		return new Span(this, name, opts, traceId, sampled, sampled && this.to !== null);
 	}
 
-	record(span: ReadableSpan): void {
-		this.processor?.onEnd(span);
+	record(span: Span, endMs: number): void {
+		if (!this.to) return;
+		this.to.processor.onEnd(span.toReadable(endMs, this.to));
 		this.onRecorded?.();
 	}
 
 	/** Exports what is queued; resolves (never rejects) within the processor's export timeout. */
 	async flush(): Promise<void> {
-		await this.processor?.forceFlush().catch(() => undefined);
+		await this.to?.processor.forceFlush().catch(() => undefined);
 	}
 
 	async shutdown(): Promise<void> {
-		await this.processor?.shutdown().catch(() => undefined);
+		await this.to?.processor.shutdown().catch(() => undefined);
 	}
 }
 

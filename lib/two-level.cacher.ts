@@ -1,6 +1,6 @@
 import { Cachers, Utils, type Context, type ServiceBroker, type ActionSchema } from "moleculer";
 import { LRUCache } from "lru-cache";
-import { Redis, type RedisOptions } from "ioredis";
+import type { Redis, RedisOptions } from "ioredis";
 
 export type CacheOutcome = "l1" | "l2" | "miss" | "l2_error";
 
@@ -49,6 +49,7 @@ type Handler = (ctx: Context) => Promise<unknown>;
 export class TwoLevelCacher extends Cachers.Base<any> {
 	private l1!: LRUCache<string, { v: unknown }>;
 	private redis: Redis | null = null;
+	private closed = false;
 	private readonly inflight = new Map<string, Promise<unknown>>();
 	/** Bumped by every clean; a fill that started before a clean is not stored (it may hold the old value). */
 	private generation = 0;
@@ -65,24 +66,6 @@ export class TwoLevelCacher extends Cachers.Base<any> {
 		const s = this.settings;
 		this.prefix = s.prefix ?? `lattice-${broker.namespace || "default"}-`;
 		this.l1 = new LRUCache({ max: s.max, ttl: s.l1MaxTtl * 1000, ttlAutopurge: false });
-		if (s.redis) {
-			const base: RedisOptions = {
-				// Fail fast while Redis is away instead of queueing commands until it returns.
-				enableOfflineQueue: false,
-				maxRetriesPerRequest: 0,
-				commandTimeout: s.redisTimeout,
-				lazyConnect: true,
-				retryStrategy: times => Math.min(times * 200, 2000)
-			};
-			this.redis =
-				typeof s.redis === "string" ? new Redis(s.redis, base) : new Redis({ ...base, ...s.redis });
-			this.redis.on("error", err => this.logger.debug("Redis L2 error", err.message));
-			this.redis.on("ready", () => {
-				this.connected = true;
-				this.logger.info("Redis L2 connected");
-			});
-			this.redis.on("end", () => (this.connected = false));
-		}
 		this.connected = true;
 
 		broker.createService({
@@ -99,12 +82,36 @@ export class TwoLevelCacher extends Cachers.Base<any> {
 		broker.localBus.on("$transporter.connected", () => this.cleanL1(["**"]));
 	}
 
-	/** Connects L2 in the background: a node starts and serves even when Redis is down. */
-	connect(): void {
-		this.redis?.connect().catch(err => this.logger.warn("Redis L2 unavailable, serving from L1 and handlers", err.message));
+	/**
+	 * Makes the L2 client when the broker starts and connects it in the background: a node starts and serves even
+	 * when Redis is down. ioredis is imported here, so nodes without an L2 never load it.
+	 */
+	async connect(): Promise<void> {
+		const s = this.settings;
+		if (!s.redis) return;
+		const { Redis } = await import("ioredis");
+		if (this.closed) return;
+		const base: RedisOptions = {
+			// Fail fast while Redis is away instead of queueing commands until it returns.
+			enableOfflineQueue: false,
+			maxRetriesPerRequest: 0,
+			commandTimeout: s.redisTimeout,
+			lazyConnect: true,
+			retryStrategy: times => Math.min(times * 200, 2000)
+		};
+		const redis = typeof s.redis === "string" ? new Redis(s.redis, base) : new Redis({ ...base, ...s.redis });
+		redis.on("error", err => this.logger.debug("Redis L2 error", err.message));
+		redis.on("ready", () => {
+			this.connected = true;
+			this.logger.info("Redis L2 connected");
+		});
+		redis.on("end", () => (this.connected = false));
+		this.redis = redis;
+		redis.connect().catch(err => this.logger.warn("Redis L2 unavailable, serving from L1 and handlers", err.message));
 	}
 
 	override close(): Promise<void> {
+		this.closed = true;
 		this.l1?.clear();
 		const redis = this.redis;
 		if (!redis) return Promise.resolve();
@@ -122,7 +129,7 @@ export class TwoLevelCacher extends Cachers.Base<any> {
 	override middleware() {
 		return {
 			name: "Cacher",
-			created: () => this.connect(),
+			starting: () => this.connect(),
 			localAction: (handler: Handler, action: ActionSchema) => this.wrap(handler, action, true),
 			remoteAction: (handler: Handler, action: ActionSchema) => this.wrap(handler, action, false)
 		};

@@ -1,8 +1,8 @@
 import { Counter, type Registry } from "prom-client";
 import type { ActionSchema, Context, EventSchema, Service, ServiceBroker } from "moleculer";
 import { activeSpan, extract, inject, runWithSpan, type SpanContext } from "../lib/trace-context.ts";
-import { createSampler, HTTP_SPAN, nowMs, registerTracer, SpanKind, Tracer, type SamplerName, type Span } from "../lib/tracer.ts";
-import { buildResource, createSpanProcessor, type BatchOptions, type ExporterSpec } from "../lib/trace-exporter.ts";
+import { createSampler, HTTP_SPAN, nowMs, registerTracer, SpanKind, Tracer, type SamplerName, type Span, type SpanExport } from "../lib/tracer.ts";
+import type { BatchOptions, ExporterSpec } from "../lib/trace-exporter.ts";
 import { latticeSettings } from "../lib/settings.ts";
 
 export interface TracingMiddlewareOptions {
@@ -85,6 +85,8 @@ function normalizeEmitOptions(opts: unknown): EmitOptions {
  * `$` events are traced only inside an existing trace. `tracing: false` on an action or event skips its span.
  */
 export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingMiddleware {
+	const sampler = createSampler(opts.sampler ?? "parentbased_always_on", opts.ratio ?? 1);
+	// Made when the broker starts (see starting()); handlers are only called after that.
 	let tracer!: Tracer;
 	let broker!: ServiceBroker;
 	let lastFailureLog = 0;
@@ -108,6 +110,9 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 	exportedFailed.inc(0);
 
 	function emitTraced(next: EmitFn, kind: string, eventName: string, payload: unknown, rawOpts: unknown): unknown {
+		// The tracer is made when the broker starts: an event emitted before that (from a service's created()) is
+		// not traced.
+		if (!tracer) return next(eventName, payload, rawOpts);
 		const o = normalizeEmitOptions(rawOpts);
 		if (o.headers?.traceparent) return next(eventName, payload, o);
 		const parent = o.parentCtx?.[SPAN] ?? activeSpan();
@@ -123,40 +128,47 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 		return producer.recording ? finish(producer, Promise.resolve(sent)) : sent;
 	}
 
-	return {
-		name: "LatticeTracing",
-
-		created(b: ServiceBroker) {
-			broker = b;
-			const serviceName = opts.serviceName ?? "lattice";
-			const resource = buildResource({
+	async function spanExport(exporter: ExporterSpec): Promise<SpanExport> {
+		const { createSpanExport } = await import("../lib/trace-exporter.ts");
+		const serviceName = opts.serviceName ?? "lattice";
+		return createSpanExport(
+			exporter,
+			{
 				serviceName,
 				serviceVersion: opts.serviceVersion,
 				namespace: broker.namespace,
 				nodeID: broker.nodeID,
 				topology: latticeSettings(broker).topology,
 				attributes: opts.resourceAttributes
-			});
-			const processor = opts.exporter
-				? createSpanProcessor(opts.exporter, serviceName, opts.batch ?? {}, {
-						exported: n => exportedOk.inc(n),
-						failed: (n, err) => {
-							exportedFailed.inc(n);
-							// One line a minute at most: a collector outage must not flood the logs.
-							if (Date.now() - lastFailureLog > 60_000) {
-								lastFailureLog = Date.now();
-								broker.logger.warn(`Trace export failed, ${n} spans dropped: ${err?.message ?? "unknown error"}`);
-							}
-						}
-					})
-				: null;
-			tracer = new Tracer({
-				sampler: createSampler(opts.sampler ?? "parentbased_always_on", opts.ratio ?? 1),
-				processor,
-				resource,
-				scope: { name: "lattice", version: resource.attributes["service.version"] as string },
-				onRecorded: () => recorded.inc()
-			});
+			},
+			opts.batch ?? {},
+			{
+				exported: n => exportedOk.inc(n),
+				failed: (n, err) => {
+					exportedFailed.inc(n);
+					// One line a minute at most: a collector outage must not flood the logs.
+					if (Date.now() - lastFailureLog > 60_000) {
+						lastFailureLog = Date.now();
+						broker.logger.warn(`Trace export failed, ${n} spans dropped: ${err?.message ?? "unknown error"}`);
+					}
+				}
+			}
+		);
+	}
+
+	return {
+		name: "LatticeTracing",
+
+		created(b: ServiceBroker) {
+			broker = b;
+		},
+
+		/**
+		 * Makes the tracer before any service starts. The OpenTelemetry SDK and the exporters are imported here, and
+		 * only when spans are exported: a node that only propagates trace context never loads them.
+		 */
+		async starting() {
+			tracer = new Tracer({ sampler, export: opts.exporter ? await spanExport(opts.exporter) : null, onRecorded: () => recorded.inc() });
 			registerTracer(broker, tracer);
 		},
 
@@ -165,6 +177,7 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 		},
 
 		async stopped() {
+			if (!tracer) return; // the broker failed to start before this middleware's turn
 			const timeout = new Promise<void>(resolve => setTimeout(resolve, opts.shutdownTimeoutMs ?? 3000).unref());
 			await Promise.race([tracer.shutdown(), timeout]);
 		},

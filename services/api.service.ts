@@ -7,7 +7,8 @@ import { Errors, type ActionSchema, type Context, type Service, type ServiceSche
 import { compileRule, decide, denial, type CompiledRule, type Principal } from "../lib/access.ts";
 import { ErrorType, unauthorized } from "../lib/errors.ts";
 import { arrivedOverTls, clientAddress, originMatcher, SECURITY_HEADERS, setSecurityHeaders, trustedProxies } from "../lib/http-security.ts";
-import { createTokenVerifier, jwtKeys, type TokenVerifier } from "../lib/jwt.ts";
+import { createTokenVerifier, type TokenVerifier } from "../lib/jwt.ts";
+import { jwtKeys } from "../lib/jwt-keys.ts";
 import { rateLimitStoreFactory, type RateLimitStore } from "../lib/rate-limit.store.ts";
 import { latticeSettings, type GatewaySettings } from "../lib/settings.ts";
 import { traceHttpRequest } from "../lib/tracer.ts";

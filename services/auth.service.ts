@@ -1,7 +1,8 @@
 import { Errors, type Context, type Service, type ServiceSchema } from "moleculer";
 import type { Principal } from "../lib/access.ts";
 import { ErrorType, unauthorized } from "../lib/errors.ts";
-import { createTokenIssuer, jwtKeys, type TokenIssuer } from "../lib/jwt.ts";
+import { createTokenIssuer, type TokenIssuer } from "../lib/jwt.ts";
+import { jwtKeys } from "../lib/jwt-keys.ts";
 import { latticeSettings } from "../lib/settings.ts";
 import { UserDirectory } from "../lib/users.ts";
 

@@ -30,10 +30,19 @@ interface Receipt {
 /** Receipts in the process's memory, the last `max` ids per process: for the in-process fallback and tests. */
 export class MemoryReceipts implements ReceiptStore {
 	readonly durable = false;
-	private readonly receipts: LRUCache<string, Receipt>;
+	private readonly max: number;
+	private lru: LRUCache<string, Receipt> | null = null;
 
 	constructor(max = 100_000) {
-		this.receipts = new LRUCache({ max });
+		this.max = max;
+	}
+
+	/**
+	 * Made on first use: lru-cache allocates its index for `max` entries up front (2 MiB for 100,000), which every
+	 * node would otherwise carry whether or not it consumes a channel.
+	 */
+	private get receipts(): LRUCache<string, Receipt> {
+		return (this.lru ??= new LRUCache({ max: this.max }));
 	}
 
 	async claim(group: string, id: string, leaseMs: number): Promise<Claim> {
@@ -55,7 +64,7 @@ export class MemoryReceipts implements ReceiptStore {
 	}
 
 	async close(): Promise<void> {
-		this.receipts.clear();
+		this.lru?.clear();
 	}
 }
 
@@ -82,7 +91,7 @@ export class PostgresReceipts implements ReceiptStore {
 
 	private open(): Promise<pg.Pool> {
 		this.ready ??= (async () => {
-			const pool = (this.pool ??= acquirePool(this.opts.url));
+			const pool = (this.pool ??= await acquirePool(this.opts.url));
 			await ensureTables(pool, this.opts.schema, [
 				`CREATE TABLE IF NOT EXISTS {schema}.lattice_channel_receipts (
 					grp text NOT NULL, id text NOT NULL, done boolean NOT NULL DEFAULT false,

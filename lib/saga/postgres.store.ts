@@ -58,7 +58,7 @@ export class PostgresSagaStore implements SagaStore {
 	}
 
 	async open(): Promise<void> {
-		this.pool = acquirePool(this.url);
+		this.pool = await acquirePool(this.url);
 		await ensureTables(this.pool, this.schema, [
 			`CREATE TABLE IF NOT EXISTS {schema}.lattice_sagas (
 				id text PRIMARY KEY, saga text NOT NULL, status text NOT NULL, step integer NOT NULL, attempted integer NOT NULL,

@@ -136,7 +136,7 @@ export class PostgresInventoryStore implements InventoryStore {
 	}
 
 	async open(): Promise<void> {
-		this.pool = acquirePool(this.url);
+		this.pool = await acquirePool(this.url);
 		await ensureTables(this.pool, this.schema, [
 			`CREATE TABLE IF NOT EXISTS {schema}.inventory_items (
 				sku text PRIMARY KEY, name text NOT NULL, price numeric(12, 2) NOT NULL,

@@ -76,7 +76,7 @@ export class PostgresPaymentsStore implements PaymentsStore {
 	}
 
 	async open(): Promise<void> {
-		this.pool = acquirePool(this.url);
+		this.pool = await acquirePool(this.url);
 		await ensureTables(this.pool, this.schema, [
 			`CREATE TABLE IF NOT EXISTS {schema}.payments_charges (
 				key text PRIMARY KEY, order_id text NOT NULL, amount numeric(12, 2) NOT NULL, status text NOT NULL,

@@ -1,7 +1,8 @@
 import { randomUUID } from "node:crypto";
-import pg from "pg";
+import type pg from "pg";
 import { Errors, type ServiceBroker, type Service } from "moleculer";
 import { ErrorType } from "../../lib/errors.ts";
+import { createPool } from "../../lib/pg.ts";
 
 export interface PostgresAdapterOptions {
 	/** postgres:// connection string. */
@@ -71,7 +72,7 @@ export class PostgresAdapter {
 	}
 
 	async connect(): Promise<void> {
-		this.pool = new pg.Pool({ connectionString: this.opts.url, max: this.opts.poolSize });
+		this.pool = await createPool({ connectionString: this.opts.url, max: this.opts.poolSize });
 		this.pool.on("error", err => this.service?.logger.warn("PostgreSQL idle client error", err.message));
 		await this.migrate();
 	}

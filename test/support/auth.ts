@@ -1,7 +1,7 @@
 import { createSecretKey, type KeyObject } from "node:crypto";
 import { SignJWT, type JWTPayload } from "jose";
 import type { Principal } from "../../lib/access.ts";
-import { defaultJwtSettings } from "../../lib/jwt.ts";
+import { defaultJwtSettings } from "../../lib/jwt-keys.ts";
 import { TEST_JWT_SECRET } from "./cluster.ts";
 
 /** Identities for calls made in tests, with and without the example domain's write permission. */

@@ -1,4 +1,5 @@
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, symlinkSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ROOT } from "../../support/processes.ts";
@@ -327,10 +328,35 @@ export interface StagedImage {
 	hostPath(p: string): string;
 }
 
+/** Whether a user that owns nothing on the way can reach and run `file` (as the image's USER runs Node). */
+export function othersCanRun(file: string): boolean {
+	for (let p = path.resolve(file); ; p = path.dirname(p)) {
+		if (!(statSync(p).mode & 0o001)) return false;
+		if (p === path.dirname(p)) return true;
+	}
+}
+
+/**
+ * The final stage's one RUN that adds to WORKDIR, `node lib/compile-cache.cli.ts <dir> [--user u:g]`, run on the
+ * staged copy with this toolchain's Node. `--user` is kept when this process can switch to that user (root, and
+ * Node reachable by it), as the image test then runs the image's command as that user; otherwise the cache is
+ * made for the current user, who then runs the command.
+ */
+function runCompileCache(cmd: string[], workdir: string, hostPath: (p: string) => string): void {
+	const [, script, ...rest] = cmd;
+	const user = rest.indexOf("--user");
+	const canSwitch = process.getuid?.() === 0 && othersCanRun(process.execPath);
+	if (user >= 0 && !canSwitch) rest.splice(user, 2);
+	const args = rest.map(a => (a.startsWith("/") ? hostPath(a) : a));
+	execFileSync(process.execPath, [script!, ...args], { cwd: hostPath(workdir), stdio: "pipe" });
+}
+
 /**
  * Lays out the final stage's WORKDIR in a temporary directory by following its COPY instructions: context
- * files filtered by .dockerignore, and node_modules from a stage that ran `npm ci --omit=dev`. Directories
- * are world-readable and files keep root ownership, as in the image, so an unprivileged user cannot write.
+ * files filtered by .dockerignore, and node_modules from a stage that ran `npm ci --omit=dev`; then the compile
+ * cache its RUN makes (other RUN instructions install system packages, which the image test does without).
+ * Directories are world-readable and files keep root ownership, as in the image, so an unprivileged user cannot
+ * write.
  */
 export function stageImage(df: Dockerfile, baseEnv: Record<string, string>): StagedImage {
 	const config = imageConfig(df, baseEnv);
@@ -345,6 +371,11 @@ export function stageImage(df: Dockerfile, baseEnv: Record<string, string>): Sta
 	let workdir = "/";
 	for (const instr of final.instructions) {
 		if (instr.keyword === "WORKDIR") workdir = path.posix.resolve(workdir, instr.args[0]!);
+		if (instr.keyword === "RUN") {
+			const cmd = words(instr.raw);
+			if (cmd[0] === "node" && cmd[1] === "lib/compile-cache.cli.ts") runCompileCache(cmd, workdir, hostPath);
+			continue;
+		}
 		if (instr.keyword !== "COPY") continue;
 		const [dest, ...srcs] = [...instr.args].reverse();
 		const target = hostPath(path.posix.resolve(workdir, dest!));

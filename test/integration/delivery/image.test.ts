@@ -1,11 +1,11 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { existsSync, readFileSync, realpathSync, rmSync, statSync } from "node:fs";
+import { existsSync, readFileSync, realpathSync, rmSync } from "node:fs";
 import path from "node:path";
 import { NATS_URL, TEST_CLUSTER_KEY, TEST_JWT_SECRET, uniqueNamespace } from "../../support/cluster.ts";
 import { freePort, manage, ROOT, waitFor, type ManagedProcess } from "../../support/processes.ts";
-import { imageConfig, listFiles, readDockerfile, stageImage, words, type Dockerfile, type StagedImage } from "./dockerfile.ts";
+import { imageConfig, listFiles, othersCanRun, readDockerfile, stageImage, words, type Dockerfile, type StagedImage } from "./dockerfile.ts";
 
 /**
  * The image, without Docker: the Dockerfile's final stage is laid out in a temporary directory (its COPY
@@ -19,14 +19,6 @@ const df: Dockerfile = readDockerfile();
 const BASE_ENV = { PATH: `${path.dirname(process.execPath)}:/usr/local/bin:/usr/bin:/bin` };
 const TINI = ["/sbin/tini", "--"];
 
-/** Whether a user that owns nothing on the way (the image's USER) can reach and run `file`. */
-function othersCanRun(file: string): boolean {
-	for (let p = path.resolve(file); ; p = path.dirname(p)) {
-		if (!(statSync(p).mode & 0o001)) return false;
-		if (p === path.dirname(p)) return true;
-	}
-}
-
 /** The image's USER, when this test can switch to it (as root, with Node reachable by that user). */
 function userIds(image: StagedImage): { uid?: number; gid?: number } {
 	if (process.getuid?.() !== 0 || !image.config.user || !othersCanRun(process.execPath)) return {};
@@ -37,6 +29,7 @@ function userIds(image: StagedImage): { uid?: number; gid?: number } {
 function imageEnv(image: StagedImage, overrides: Record<string, string>): Record<string, string> {
 	const env: Record<string, string> = { ...image.config.env, HOME: image.appDir, ...overrides };
 	env.PATH = env.PATH!.split(":").map(image.hostPath).join(":");
+	if (env.NODE_COMPILE_CACHE) env.NODE_COMPILE_CACHE = image.hostPath(env.NODE_COMPILE_CACHE);
 	return env;
 }
 
@@ -113,6 +106,15 @@ describe("Dockerfile", () => {
 		assert.match(hc.test.join(" "), /LATTICE_OPS_PORT/);
 		assert.match(config.labels["io.lattice.image"] ?? "", /^ghcr\.io\/[\w-]+\/[\w-]+$/);
 	});
+
+	test("the compile cache is made at build time, for the USER the image runs as, where NODE_COMPILE_CACHE points", () => {
+		const config = imageConfig(df, BASE_ENV);
+		const run = df.stages.at(-1)!.instructions.find(i => i.keyword === "RUN" && i.raw.includes("lib/compile-cache.cli.ts"));
+		assert.ok(run, "a RUN fills the compile cache");
+		const cmd = words(run.raw);
+		assert.equal(cmd[2], config.env.NODE_COMPILE_CACHE, "the cache the RUN fills is the one the nodes read");
+		assert.equal(cmd[cmd.indexOf("--user") + 1], config.user, "Node keys the cache by user id");
+	});
 });
 
 describe("the image's command, run outside Docker", () => {
@@ -173,6 +175,26 @@ describe("the image's command, run outside Docker", () => {
 		assert.notEqual(await healthcheck(image, env), 0, "the HEALTHCHECK fails once the process is gone");
 		assert.deepEqual(listFiles(image.appDir), before, "the process wrote into its own directory");
 		assert.doesNotMatch(proc.output.join(""), /EACCES|EROFS/);
+	});
+
+	test("the image's compile cache covers what a node loads: no TypeScript is stripped at start", async () => {
+		const env = { ...(await ports()), ...SECRETS, NAMESPACE: uniqueNamespace("image"), NODEID: "image-cache", NODE_DEBUG_NATIVE: "COMPILE_CACHE" };
+		const proc = runImage(image, env);
+		procs.push(proc);
+		// Node's debug output is far longer than what the process helper keeps: keep the verdicts only.
+		const verdicts: string[] = [];
+		let partial = "";
+		proc.proc.stderr!.on("data", (b: Buffer) => {
+			const lines = (partial + b.toString()).split("\n");
+			partial = lines.pop()!;
+			verdicts.push(...lines.filter(l => /transpile cache for StrippedTypeScript|was rejected/.test(l)));
+		});
+		await ready(Number(env.LATTICE_OPS_PORT), proc);
+		assert.equal(await proc.stop(15_000), 0);
+		assert.ok(verdicts.some(l => /retrieving transpile cache for StrippedTypeScript .*moleculer\.config\.ts\.\.\.success/.test(l)), "the cache is read");
+		const stripped = verdicts.filter(l => /no transpile cache/.test(l));
+		assert.deepEqual(stripped, [], "modules a node loads that lib/compile-cache.cli.ts does not");
+		assert.deepEqual(verdicts.filter(l => /was rejected/.test(l)), []);
 	});
 
 	test("SERVICES picks the role: a gateway container and a catalog container meet over NATS", async () => {

@@ -1,4 +1,5 @@
 import { describe, test } from "node:test";
+import { execFileSync } from "node:child_process";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import path from "node:path";
@@ -50,6 +51,8 @@ const IMAGE_LABEL = "io.lattice.image";
 const packageVersion = (JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { version: string }).version;
 const imageName = imageConfig(readDockerfile(), {}).labels[IMAGE_LABEL];
 
+/** Read by Node itself, not by the config. */
+const NODE_VARS = ["NODE_OPTIONS"];
 /** Variables moleculer-runner consumes itself, besides those the config reads. */
 const RUNNER_VARS = ["TRANSPORTER", "CACHER", "NAMESPACE", "NODEID", "LOGLEVEL", "SERVICES", "SERVICEDIR", "NODE_ENV"];
 
@@ -270,9 +273,11 @@ for (const target of TARGETS) {
 					const env = containerEnv(r.objects, w, c);
 					// The config accepts every value (ranges, enums, URL schemes, keys) and the services exist.
 					const proc = latticeProcess(env);
-					const unread = Object.keys(env).filter(k => !proc.reads.has(k) && !k.startsWith("MOL_"));
+					const unread = Object.keys(env).filter(k => !proc.reads.has(k) && !k.startsWith("MOL_") && !NODE_VARS.includes(k));
 					assert.deepEqual(unread, [], `${at}: variables nothing reads`);
 					assert.equal(env.NODE_ENV, "production", at);
+					// Node refuses to start with a flag NODE_OPTIONS may not carry.
+					if (env.NODE_OPTIONS) execFileSync(process.execPath, ["-e", ""], { env: { NODE_OPTIONS: env.NODE_OPTIONS }, stdio: "pipe" });
 					for (const f of proc.services) assert.ok(existsSync(path.join(ROOT, f)), `${at}: SERVICES names ${f}`);
 					const ops = proc.config.lattice.ops.port;
 					assert.equal(resolvePort(c, "ops"), ops, `${at}: the ops port is named "ops" (Prometheus keeps that name)`);

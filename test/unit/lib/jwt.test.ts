@@ -6,7 +6,8 @@ import { createSecretKey, generateKeyPairSync, type KeyObject } from "node:crypt
 import { exportJWK } from "jose";
 import type { Errors } from "moleculer";
 import { ErrorType } from "../../../lib/errors.ts";
-import { createTokenIssuer, createTokenVerifier, defaultJwtSettings, jwtKeys, type JwtSettings } from "../../../lib/jwt.ts";
+import { createTokenIssuer, createTokenVerifier } from "../../../lib/jwt.ts";
+import { defaultJwtSettings, jwtKeys, type JwtSettings } from "../../../lib/jwt-keys.ts";
 import { READER, signToken } from "../../support/auth.ts";
 
 const SECRET = "0123456789abcdef0123456789abcdef-test";

@@ -14,9 +14,11 @@ function tracer(sampler: SamplerName = "parentbased_always_on", ratio = 1) {
 	const exporter = new InMemorySpanExporter();
 	const t = new Tracer({
 		sampler: createSampler(sampler, ratio),
-		processor: new SimpleSpanProcessor({ exporter }),
-		resource: resourceFromAttributes({ "service.name": "test" }),
-		scope: { name: "lattice", version: "0.0.0" }
+		export: {
+			processor: new SimpleSpanProcessor({ exporter }),
+			resource: resourceFromAttributes({ "service.name": "test" }),
+			scope: { name: "lattice", version: "0.0.0" }
+		}
 	});
 	return { t, exporter };
 }
@@ -124,12 +126,10 @@ test("server faults set status ERROR; client errors (4xx) record the error but l
 	assert.equal(c!.attributes["error.type"], "TypeError");
 });
 
-test("without a processor spans are never recording", () => {
+test("without an export spans are never recording", () => {
 	const t = new Tracer({
 		sampler: createSampler("always_on"),
-		processor: null,
-		resource: resourceFromAttributes({}),
-		scope: { name: "lattice", version: "0" }
+		export: null
 	});
 	const span = t.startSpan("x", { kind: SpanKind.INTERNAL, parent: null });
 	assert.equal(t.exporting, false);
@@ -142,9 +142,7 @@ test("channel messages: the sender's trace goes into the headers and the consume
 	const broker = new ServiceBroker({ logger: false, nodeID: "chan" });
 	const t = new Tracer({
 		sampler: createSampler("parentbased_always_on"),
-		processor: new SimpleSpanProcessor({ exporter }),
-		resource: resourceFromAttributes({}),
-		scope: { name: "lattice", version: "0" }
+		export: { processor: new SimpleSpanProcessor({ exporter }), resource: resourceFromAttributes({}), scope: { name: "lattice", version: "0" } }
 	});
 	registerTracer(broker, t);
 	assert.deepEqual(traceHeaders({ a: "1" }), { a: "1" }, "outside a trace the headers are untouched");
