@@ -1,12 +1,23 @@
 import { Transporters } from "moleculer";
+import type { Subscription } from "nats";
 
 interface NatsStatus {
 	type: string;
 }
 
+interface NatsMsg {
+	data?: Uint8Array;
+}
+
+type NatsCallback = (err: Error | null, msg: NatsMsg) => void;
+
 interface NatsClient {
 	status(): AsyncIterable<NatsStatus>;
+	subscribe(subject: string, opts: { queue?: string; callback: NatsCallback }): Subscription;
 }
+
+const REQUEST = "REQ";
+const EVENT = "EVENT";
 
 /**
  * Moleculer's NATS transporter leaves reconnects to the nats client and only logs its status changes. While the
@@ -26,6 +37,41 @@ export class LatticeNatsTransporter extends Transporters.NATS {
 			void this.watch(this.client as NatsClient);
 		}
 		return super.onConnected(wasReconnect);
+	}
+
+	/*
+	 * Moleculer's subscriptions read `msg.data` even when the client reports an error. When the server refuses a
+	 * subscription (broker-enforced mode, a unit without permission on the subject) nats.js calls back with an error
+	 * and an empty message, and that read threw out of the client's socket handler and killed the process. The
+	 * refusal itself is counted and logged by the bus-permissions middleware.
+	 */
+	override subscribe(cmd: string, nodeID?: string): Promise<void> {
+		this.listen(this.getTopicName(cmd, nodeID), undefined, cmd);
+		return Promise.resolve();
+	}
+
+	override subscribeBalancedRequest(action: string): Promise<void> {
+		this.subscriptions.push(this.listen(`${this.prefix}.${REQUEST}B.${action}`, action, REQUEST));
+		return Promise.resolve();
+	}
+
+	override subscribeBalancedEvent(event: string, group: string): Promise<void> {
+		const subject = `${this.prefix}.${EVENT}B.${group}.${event}`.replace(/\*\*.*$/g, ">");
+		this.subscriptions.push(this.listen(subject, group, EVENT));
+		return Promise.resolve();
+	}
+
+	private listen(subject: string, queue: string | undefined, cmd: string): Subscription {
+		return (this.client as NatsClient).subscribe(subject, {
+			queue,
+			callback: (err, msg) => {
+				if (err || !msg.data) {
+					this.logger.warn(`NATS subscription on '${subject}' ended: ${err?.message ?? "no data"}`);
+					return;
+				}
+				this.receive(cmd, Buffer.from(msg.data));
+			}
+		});
 	}
 
 	private async watch(client: NatsClient): Promise<void> {

@@ -110,4 +110,19 @@ describe("broker-enforced mode: NATS permissions per unit", () => {
 		);
 		await assert.rejects(connect({ servers: nats.url, maxReconnectAttempts: 0 }), (e: NatsError) => /AUTHORIZATION_VIOLATION/.test(e.code));
 	});
+
+	test("a node whose subscriptions NATS refuses keeps running and says why", async () => {
+		// The caller unit may not serve the vault: started with the vault service, its action subscriptions are refused.
+		const rogue = await startNode({ nodeID: "rogue-vault", services: VAULT, env: { ...member("caller"), LOGLEVEL: "warn" } });
+		try {
+			await waitFor(() => /NATS subscription on '[^']*REQB\.vault\.[^']*' ended/.test(rogue.output.join("")), 10_000, "the refusal logged");
+			await new Promise(r => setTimeout(r, 500));
+			assert.ok(rogue.alive(), `the node died:\n${rogue.output.join("")}`);
+			assert.ok(await rogue.ready());
+			// The real vault still serves.
+			await caller.call("vault.stats");
+		} finally {
+			await rogue.stop();
+		}
+	});
 });
