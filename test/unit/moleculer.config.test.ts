@@ -1,4 +1,5 @@
 import { test } from "node:test";
+import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import type { Errors } from "moleculer";
 import config, { buildConfig, expandServices, presets } from "../../moleculer.config.ts";
@@ -98,4 +99,16 @@ test("store-and-forward settings: hub domain, collected sites, outbox limits", (
 	assert.deepEqual(buildConfig({}).lattice.facts, { hubDomain: "hub", sites: [], outboxMaxAge: 168 * 3_600_000, outboxMaxBytes: 256 * 1_048_576 });
 	const f = buildConfig({ LATTICE_HUB_DOMAIN: "cloud", LATTICE_FACT_SITES: "plant-1, plant-2", LATTICE_OUTBOX_MAX_AGE: "48", LATTICE_OUTBOX_MAX_MB: "64" }).lattice.facts;
 	assert.deepEqual(f, { hubDomain: "cloud", sites: ["plant-1", "plant-2"], outboxMaxAge: 48 * 3_600_000, outboxMaxBytes: 64 * 1_048_576 });
+});
+
+test("every variable the config reads is in a README configuration table", () => {
+	const source = readFileSync(new URL("../../moleculer.config.ts", import.meta.url), "utf8");
+	const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+	const tableRows = readme.split("\n").filter(l => l.startsWith("| `"));
+	const names = new Set(
+		[...source.matchAll(/"((?:LATTICE|OTEL)_[A-Z0-9_]+|DATABASE_URL)"|env\.([A-Z][A-Z0-9_]+)/g)].map(m => m[1] ?? m[2]!)
+	);
+	assert.ok(names.size > 30, `found only ${names.size} variables: the pattern is stale`);
+	const missing = [...names].filter(n => !tableRows.some(row => row.includes(`\`${n}\``)));
+	assert.deepEqual(missing, [], "read by moleculer.config.ts but in no README table row");
 });
