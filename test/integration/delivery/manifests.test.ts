@@ -559,6 +559,19 @@ describe("overlay specifics", () => {
 		}
 	});
 
+	test("base and prod ship the Grafana dashboard where a dashboard sidecar finds it", () => {
+		for (const target of ["k8s/base", "k8s/overlays/prod"] as const) {
+			const maps = rendered(target).of<{ metadata: { name: string; namespace?: string; labels?: Record<string, string> }; data?: Record<string, string> }>(
+				"ConfigMap"
+			);
+			const dashboard = maps.find(m => m.metadata.labels?.grafana_dashboard === "1");
+			assert.ok(dashboard, `${target}: no ConfigMap labelled grafana_dashboard=1`);
+			assert.equal(dashboard.metadata.namespace, "lattice", target);
+			const json = JSON.parse(dashboard.data?.["lattice.json"] ?? "null") as { panels?: unknown[] } | null;
+			assert.ok((json?.panels?.length ?? 0) > 0, `${target}: the dashboard has no panels`);
+		}
+	});
+
 	test("prod: three replicas at least, CPU limits, memory request equal to its limit, one NATS server per node", () => {
 		const r = rendered("k8s/overlays/prod");
 		for (const hpa of r.of<IHorizontalPodAutoscaler>("HorizontalPodAutoscaler")) assert.ok((hpa.spec?.minReplicas ?? 1) >= 3, hpa.metadata.name);
