@@ -13,21 +13,41 @@ type Handler = (ctx: Context) => Promise<unknown>;
 interface Waiting {
 	deadline: number;
 	settled: boolean;
-	reject: (err: Error) => void;
-	ctx: Context;
+	/** Dropped once the call settles, so a settled entry waiting to leave its queue holds nothing. */
+	ctx: Context | null;
+	reject: ((err: Error) => void) | null;
 	action: string;
+	lane: Lane;
 }
 
 /**
  * Calls waiting with one timeout value. They start in order, so their deadlines are in order too: expiry only ever
- * looks at the head, and settled calls are skipped there instead of being searched for.
+ * looks at the head, and settled calls are skipped there instead of being searched for. Settled calls behind a
+ * slow one are swept out once they are most of the queue, so memory follows the calls in flight even when the
+ * event loop is kept too busy for the timer to run.
  */
 class Lane {
 	private items: Waiting[] = [];
 	private head = 0;
+	/** Settled entries in items[head..]. */
+	private settledCount = 0;
 
 	push(w: Waiting): void {
+		const live = this.items.length - this.head;
+		if (live > 1024 && this.settledCount * 2 > live) {
+			this.items = this.items.slice(this.head).filter(x => !x.settled);
+			this.head = 0;
+			this.settledCount = 0;
+		}
 		this.items.push(w);
+	}
+
+	settle(w: Waiting): void {
+		if (w.settled) return; // timed out first
+		w.settled = true;
+		w.ctx = null;
+		w.reject = null;
+		this.settledCount++;
 	}
 
 	/** Removes and returns the calls whose deadline has passed and that are still waiting. */
@@ -37,7 +57,8 @@ class Lane {
 			const w = items[this.head]!;
 			if (!w.settled && w.deadline > now) break;
 			this.head++;
-			if (!w.settled) out.push(w);
+			if (w.settled) this.settledCount--;
+			else out.push(w);
 		}
 		if (this.head > 1024 && this.head * 2 > items.length) {
 			this.items = items.slice(this.head);
@@ -82,20 +103,28 @@ export function TimeoutMiddleware(opts: TimeoutOptions = {}): { name: string; [h
 	}
 
 	function timeOut(w: Waiting): void {
+		const ctx = w.ctx!;
+		const reject = w.reject!;
+		// Already out of its lane: marked here, not counted there.
 		w.settled = true;
-		const { ctx } = w;
+		w.ctx = null;
+		w.reject = null;
 		logger.warn(`Request '${w.action}' is timed out.`, { requestID: ctx.requestID, nodeID: ctx.nodeID, timeout: ctx.options.timeout });
 		if (ctx.params instanceof Stream) ctx.params.emit("moleculer-timeout-middleware", ctx.options.timeout);
-		w.reject(new Errors.RequestTimeoutError({ action: w.action, nodeID: ctx.nodeID ?? undefined }));
+		reject(new Errors.RequestTimeoutError({ action: w.action, nodeID: ctx.nodeID ?? undefined }));
 	}
 
-	function wait(ms: number, w: Waiting): void {
-		let lane = lanes.get(ms);
-		if (!lane) {
-			lane = new Lane();
-			lanes.set(ms, lane);
+	function laneFor(ms: number): Lane {
+		let l = lanes.get(ms);
+		if (!l) {
+			l = new Lane();
+			lanes.set(ms, l);
 		}
-		lane.push(w);
+		return l;
+	}
+
+	function wait(w: Waiting): void {
+		w.lane.push(w);
 		if (!timer) {
 			timer = setInterval(tick, resolution);
 			timer.unref();
@@ -114,15 +143,15 @@ export function TimeoutMiddleware(opts: TimeoutOptions = {}): { name: string; [h
 			if (!ctx.startHrTime) ctx.startHrTime = process.hrtime();
 			const p = handler(ctx);
 			return new Promise((resolve, reject) => {
-				const w: Waiting = { deadline: Date.now() + ms, settled: false, reject, ctx, action: name };
-				wait(ms, w);
+				const w: Waiting = { deadline: Date.now() + ms, settled: false, reject, ctx, action: name, lane: laneFor(ms) };
+				wait(w);
 				p.then(
 					v => {
-						w.settled = true;
+						w.lane.settle(w);
 						resolve(v);
 					},
 					(err: Error) => {
-						w.settled = true;
+						w.lane.settle(w);
 						reject(err);
 					}
 				);

@@ -2,7 +2,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Errors, ServiceBroker, type Context } from "moleculer";
 import { TimeoutMiddleware } from "../../../middlewares/timeout.middleware.ts";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { uniqueNamespace } from "../../support/cluster.ts";
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
 
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
 
@@ -94,5 +99,24 @@ test("a remote call carries its deadline: it times out on the caller and on the 
 		assert.equal(await client.call("slow.wait", { ms: 1 }), "waited 1");
 	} finally {
 		await Promise.all([client.stop(), server.stop()]);
+	}
+});
+
+test("memory follows the calls in flight even when the event loop never lets the timer run", async () => {
+	const b = broker({ requestTimeout: 10_000 });
+	b.createService({ name: "fast", actions: { ok: () => 1, hang: () => new Promise(() => undefined) } });
+	await b.start();
+	try {
+		// One call that never ends sits at the head of the queue; the calls behind it resolve in microtasks, so the
+		// loop never reaches the timer during the burst. Without sweeping, every settled call would stay queued.
+		void b.call("fast.hang", { pad: "x".repeat(1000) }).catch(() => undefined);
+		gc();
+		const before = process.memoryUsage().heapUsed;
+		for (let i = 0; i < 300_000; i++) await b.call("fast.ok", { pad: "x".repeat(200) + i });
+		gc();
+		const grownMiB = (process.memoryUsage().heapUsed - before) / 1_048_576;
+		assert.ok(grownMiB < 8, `heap grew ${grownMiB.toFixed(1)} MiB over 300,000 settled calls`);
+	} finally {
+		await b.stop();
 	}
 });
