@@ -1,6 +1,6 @@
 import { Gauge, collectDefaultMetrics, type Registry } from "prom-client";
 import type { ActionSchema, Context, EventSchema, ServiceBroker } from "moleculer";
-import { FastCounter, FastGauge, FastHistogram } from "../lib/fast-metrics.ts";
+import { FastCounter, FastGauge, FastHistogram, type CounterChild } from "../lib/fast-metrics.ts";
 import { DEFAULT_BUCKETS } from "../lib/metric-buckets.ts";
 import type { CacheOutcome } from "../lib/two-level.cacher.ts";
 
@@ -126,6 +126,9 @@ export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddle
 
 	const bytesOut = bytesSent.labels();
 	const bytesIn = bytesReceived.labels();
+	// Packet types are a closed set of a dozen names: each series is bound once, not looked up per packet.
+	const sentByType = new Map<string, CounterChild>();
+	const receivedByType = new Map<string, CounterChild>();
 	const cacheChildren = {
 		l1: cacheLookups.labels("l1"),
 		l2: cacheLookups.labels("l2"),
@@ -235,7 +238,10 @@ export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddle
 
 		transporterSend(next: (topic: string, data: Buffer, meta: { packet?: { type?: string } }) => unknown) {
 			return (topic: string, data: Buffer, meta: { packet?: { type?: string } }) => {
-				packetsSent.labels(meta?.packet?.type ?? "unknown").inc();
+				const type = meta?.packet?.type ?? "unknown";
+				let sent = sentByType.get(type);
+				if (!sent) sentByType.set(type, (sent = packetsSent.labels(type)));
+				sent.inc();
 				bytesOut.inc(data.length);
 				return next(topic, data, meta);
 			};
@@ -243,7 +249,9 @@ export function MetricsMiddleware(opts: MetricsMiddlewareOptions): MetricsMiddle
 
 		transporterReceive(next: (cmd: string, data: Buffer, s: unknown) => unknown) {
 			return (cmd: string, data: Buffer, s: unknown) => {
-				packetsReceived.labels(cmd).inc();
+				let received = receivedByType.get(cmd);
+				if (!received) receivedByType.set(cmd, (received = packetsReceived.labels(cmd)));
+				received.inc();
 				bytesIn.inc(data.length);
 				return next(cmd, data, s);
 			};
