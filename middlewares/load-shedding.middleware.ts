@@ -151,18 +151,26 @@ export function LoadSheddingMiddleware(opts: LoadSheddingOptions = {}) {
 		localAction(handler: Handler, action: ActionSchema): Handler {
 			if (concurrency <= 0) return handler;
 			const name = action.name ?? "";
+			function run(ctx: Context): Promise<unknown> {
+				let p: Promise<unknown>;
+				try {
+					p = handler(ctx);
+				} catch (err) {
+					release();
+					return Promise.reject(err);
+				}
+				// On a side branch: the caller gets the handler's own promise, without extra microtask hops.
+				p.then(release, release);
+				return p;
+			}
 			return function loadSheddingMiddleware(ctx: Context) {
 				if (ctx.level > 1 && ctx.nodeID === broker.nodeID) return handler(ctx);
-				return acquire(name).then(() => {
-					let p: Promise<unknown>;
-					try {
-						p = handler(ctx);
-					} catch (err) {
-						release();
-						throw err;
-					}
-					return p.finally(release);
-				});
+				// A free slot, the common case, is taken synchronously.
+				if (active < concurrency) {
+					active++;
+					return run(ctx);
+				}
+				return acquire(name).then(() => run(ctx));
 			};
 		}
 	};
