@@ -198,3 +198,28 @@ test("a stream crosses batching, sealing nodes whole and in order, both ways", a
 		await Promise.all([a.stop(), b.stop()]);
 	}
 });
+
+test("a node with batching off and one with it on answer each other's concurrent calls", async () => {
+	const ns = uniqueNamespace("batch-mixed");
+	const key = { current: Buffer.alloc(32, 5) };
+	const make = (nodeID: string, enabled: boolean) =>
+		new ServiceBroker({
+			namespace: ns,
+			nodeID,
+			transporter: "Fake",
+			logger: false,
+			middlewares: [PacketProtectionMiddleware({ keys: key }), PacketBatchingMiddleware({ enabled })]
+		});
+	const on = make("on", true);
+	const off = make("off", false);
+	for (const b of [on, off]) b.createService({ name: `math-${b.nodeID}`, actions: { inc: (ctx: Context<{ n: number }>) => ctx.params.n + 1 } });
+	try {
+		await Promise.all([on.start(), off.start()]);
+		await Promise.all([on.waitForServices("math-off", 5000), off.waitForServices("math-on", 5000)]);
+		const n = Array.from({ length: 100 }, (_, i) => i);
+		assert.deepEqual(await Promise.all(n.map(i => on.call("math-off.inc", { n: i }))), n.map(i => i + 1));
+		assert.deepEqual(await Promise.all(n.map(i => off.call("math-on.inc", { n: i }))), n.map(i => i + 1));
+	} finally {
+		await Promise.all([on.stop(), off.stop()]);
+	}
+});
