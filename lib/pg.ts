@@ -103,3 +103,44 @@ export async function transaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) 
 		client.release();
 	}
 }
+
+/**
+ * What Lattice's PostgreSQL stores share: the process's pool for their database URL, their tables made when they
+ * open (`ensureTables`), the pool handed back when they close. A subclass holds its DDL and its queries.
+ */
+export abstract class PgStore {
+	protected readonly schema: string;
+	private readonly url: string;
+	private readonly name: string;
+	private readonly ddl: readonly string[];
+	private pool: pg.Pool | null = null;
+
+	/** `name` says which store is not open yet; `ddl` may write `{schema}` for the quoted schema. */
+	protected constructor(opts: { url: string; schema: string }, name: string, ddl: readonly string[]) {
+		this.url = opts.url;
+		this.schema = opts.schema;
+		this.name = name;
+		this.ddl = ddl;
+	}
+
+	/** `schema.table`, quoted. */
+	protected tableName(table: string): string {
+		return `${ident(this.schema)}.${ident(table)}`;
+	}
+
+	protected get db(): pg.Pool {
+		if (!this.pool) throw new Error(`The ${this.name} is not open`);
+		return this.pool;
+	}
+
+	async open(): Promise<void> {
+		this.pool = await acquirePool(this.url);
+		await ensureTables(this.pool, this.schema, [...this.ddl]);
+	}
+
+	async close(): Promise<void> {
+		const pool = this.pool;
+		this.pool = null;
+		if (pool) await releasePool(pool);
+	}
+}

@@ -1,5 +1,4 @@
-import type pg from "pg";
-import { acquirePool, ensureTables, ident, releasePool } from "../pg.ts";
+import { PgStore } from "../pg.ts";
 import type { SagaRecord, SagaStatus } from "./saga.ts";
 import type { SagaStore } from "./store.ts";
 
@@ -35,44 +34,25 @@ function toRecord(r: Row): SagaRecord {
 	};
 }
 
+const DDL = [
+	`CREATE TABLE IF NOT EXISTS {schema}.lattice_sagas (
+		id text PRIMARY KEY, saga text NOT NULL, status text NOT NULL, step integer NOT NULL, attempted integer NOT NULL,
+		data jsonb NOT NULL, error jsonb, deadline timestamptz NOT NULL, history jsonb NOT NULL,
+		owner text, owner_node text, lease_until timestamptz NOT NULL,
+		created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL)`,
+	`CREATE INDEX IF NOT EXISTS lattice_sagas_open ON {schema}.lattice_sagas (saga, lease_until) WHERE status IN ('running', 'compensating')`
+];
+
 /**
  * Sagas in PostgreSQL (`lattice_sagas`): one row per saga, rewritten at every step under the owner's lease.
  * Unfinished sagas are claimed with `FOR UPDATE SKIP LOCKED`, so replicas sweeping at once split them.
  */
-export class PostgresSagaStore implements SagaStore {
+export class PostgresSagaStore extends PgStore implements SagaStore {
 	readonly durable = true;
-	private readonly url: string;
-	private readonly schema: string;
-	private readonly table: string;
-	private pool: pg.Pool | null = null;
+	private readonly table = this.tableName("lattice_sagas");
 
 	constructor(opts: { url: string; schema: string }) {
-		this.url = opts.url;
-		this.schema = opts.schema;
-		this.table = `${ident(opts.schema)}.lattice_sagas`;
-	}
-
-	private get db(): pg.Pool {
-		if (!this.pool) throw new Error("The saga store is not open");
-		return this.pool;
-	}
-
-	async open(): Promise<void> {
-		this.pool = await acquirePool(this.url);
-		await ensureTables(this.pool, this.schema, [
-			`CREATE TABLE IF NOT EXISTS {schema}.lattice_sagas (
-				id text PRIMARY KEY, saga text NOT NULL, status text NOT NULL, step integer NOT NULL, attempted integer NOT NULL,
-				data jsonb NOT NULL, error jsonb, deadline timestamptz NOT NULL, history jsonb NOT NULL,
-				owner text, owner_node text, lease_until timestamptz NOT NULL,
-				created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL)`,
-			`CREATE INDEX IF NOT EXISTS lattice_sagas_open ON {schema}.lattice_sagas (saga, lease_until) WHERE status IN ('running', 'compensating')`
-		]);
-	}
-
-	async close(): Promise<void> {
-		const pool = this.pool;
-		this.pool = null;
-		if (pool) await releasePool(pool);
+		super(opts, "saga store", DDL);
 	}
 
 	async create(rec: SagaRecord, owner: string, node: string, leaseMs: number) {

@@ -1,6 +1,5 @@
-import type pg from "pg";
 import { notFound } from "../errors.ts";
-import { acquirePool, ensureTables, ident, releasePool, transaction } from "../pg.ts";
+import { PgStore, transaction } from "../pg.ts";
 import { cancelled, outOfStock } from "./errors.ts";
 
 export interface Item {
@@ -112,45 +111,25 @@ interface ReservationRow {
 const item = (r: ItemRow): Item => ({ sku: r.sku, name: r.name, price: Number(r.price), available: r.available });
 const reservation = (r: ReservationRow): Reservation => ({ key: r.key, sku: r.sku, qty: r.qty, unitPrice: Number(r.unit_price), status: r.status });
 
+const DDL = [
+	`CREATE TABLE IF NOT EXISTS {schema}.inventory_items (
+		sku text PRIMARY KEY, name text NOT NULL, price numeric(12, 2) NOT NULL,
+		available integer NOT NULL CHECK (available >= 0))`,
+	`CREATE TABLE IF NOT EXISTS {schema}.inventory_reservations (
+		key text PRIMARY KEY, sku text NOT NULL, qty integer NOT NULL, unit_price numeric(12, 2) NOT NULL,
+		status text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())`
+];
+
 /**
  * In PostgreSQL. Stock never goes negative: the decrement is one conditional UPDATE (`available >= qty`),
  * backed by a CHECK constraint, in the same transaction as the reservation row.
  */
-export class PostgresInventoryStore implements InventoryStore {
-	private readonly url: string;
-	private readonly schema: string;
-	private readonly items: string;
-	private readonly reservations: string;
-	private pool: pg.Pool | null = null;
+export class PostgresInventoryStore extends PgStore implements InventoryStore {
+	private readonly items = this.tableName("inventory_items");
+	private readonly reservations = this.tableName("inventory_reservations");
 
 	constructor(opts: { url: string; schema: string }) {
-		this.url = opts.url;
-		this.schema = opts.schema;
-		this.items = `${ident(opts.schema)}.inventory_items`;
-		this.reservations = `${ident(opts.schema)}.inventory_reservations`;
-	}
-
-	private get db(): pg.Pool {
-		if (!this.pool) throw new Error("The inventory store is not open");
-		return this.pool;
-	}
-
-	async open(): Promise<void> {
-		this.pool = await acquirePool(this.url);
-		await ensureTables(this.pool, this.schema, [
-			`CREATE TABLE IF NOT EXISTS {schema}.inventory_items (
-				sku text PRIMARY KEY, name text NOT NULL, price numeric(12, 2) NOT NULL,
-				available integer NOT NULL CHECK (available >= 0))`,
-			`CREATE TABLE IF NOT EXISTS {schema}.inventory_reservations (
-				key text PRIMARY KEY, sku text NOT NULL, qty integer NOT NULL, unit_price numeric(12, 2) NOT NULL,
-				status text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())`
-		]);
-	}
-
-	async close(): Promise<void> {
-		const pool = this.pool;
-		this.pool = null;
-		if (pool) await releasePool(pool);
+		super(opts, "inventory store", DDL);
 	}
 
 	async seed(items: Item[]): Promise<void> {

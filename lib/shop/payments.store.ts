@@ -1,5 +1,4 @@
-import type pg from "pg";
-import { acquirePool, ensureTables, ident, releasePool, transaction } from "../pg.ts";
+import { PgStore, transaction } from "../pg.ts";
 import { cancelled } from "./errors.ts";
 
 export interface Charge {
@@ -57,37 +56,18 @@ interface Row {
 
 const charge = (r: Row): Charge => ({ key: r.key, orderId: r.order_id, amount: Number(r.amount), status: r.status });
 
+const DDL = [
+	`CREATE TABLE IF NOT EXISTS {schema}.payments_charges (
+		key text PRIMARY KEY, order_id text NOT NULL, amount numeric(12, 2) NOT NULL, status text NOT NULL,
+		created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())`
+];
+
 /** In PostgreSQL: the key is the primary key, so a charge is stored once however often it is asked for. */
-export class PostgresPaymentsStore implements PaymentsStore {
-	private readonly url: string;
-	private readonly schema: string;
-	private readonly table: string;
-	private pool: pg.Pool | null = null;
+export class PostgresPaymentsStore extends PgStore implements PaymentsStore {
+	private readonly table = this.tableName("payments_charges");
 
 	constructor(opts: { url: string; schema: string }) {
-		this.url = opts.url;
-		this.schema = opts.schema;
-		this.table = `${ident(opts.schema)}.payments_charges`;
-	}
-
-	private get db(): pg.Pool {
-		if (!this.pool) throw new Error("The payments store is not open");
-		return this.pool;
-	}
-
-	async open(): Promise<void> {
-		this.pool = await acquirePool(this.url);
-		await ensureTables(this.pool, this.schema, [
-			`CREATE TABLE IF NOT EXISTS {schema}.payments_charges (
-				key text PRIMARY KEY, order_id text NOT NULL, amount numeric(12, 2) NOT NULL, status text NOT NULL,
-				created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())`
-		]);
-	}
-
-	async close(): Promise<void> {
-		const pool = this.pool;
-		this.pool = null;
-		if (pool) await releasePool(pool);
+		super(opts, "payments store", DDL);
 	}
 
 	async charge(key: string, orderId: string, amount: number): Promise<Charge> {
