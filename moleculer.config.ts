@@ -6,6 +6,7 @@ import { originMatcher, trustedProxies } from "./lib/http-security.ts";
 import { defaultJwtSettings, jwtKeys, type JwtSettings } from "./lib/jwt-keys.ts";
 import { LocalityStrategy } from "./lib/locality.strategy.ts";
 import { pinoLoggerConfig } from "./lib/logger.ts";
+import { redactedNodeInternals } from "./lib/redact.ts";
 import { defaultSettings, type AuthSettings, type GatewaySettings, type LatticeSettings, type Topology } from "./lib/settings.ts";
 import { LATTICE_NATS } from "./lib/nats.transporter.ts";
 import type { ExporterSpec } from "./lib/trace-exporter.ts";
@@ -456,6 +457,14 @@ export function buildConfig(env: Env): LatticeConfig {
 		// Locality sits just outside Moleculer's own: refusing an action's require/within rule costs nothing else but is
 		// still counted and traced.
 		middlewares: [protection, batching, BusPermissionsMiddleware({ registry: metricsRegistry }), ops, failover, traffic, faults, ...MOLECULER_MIDDLEWARES.map(m => (m === "Timeout" ? TimeoutMiddleware() : m)), locality, AuthorizationMiddleware(), shedding, metrics, tracing, channels],
+
+		// `$node.options` answers with credentials redacted (lib/redact.ts). A getter: Moleculer mutates the schema it is
+		// given, and one config may build several brokers.
+		internalServices: {
+			get $node() {
+				return redactedNodeInternals();
+			}
+		},
 
 		lattice,
 		metricsRegistry
