@@ -10,7 +10,7 @@ import { redactedNodeInternals } from "./lib/redact.ts";
 import { defaultSettings, type AuthSettings, type GatewaySettings, type LatticeSettings, type Topology } from "./lib/settings.ts";
 import { LATTICE_NATS } from "./lib/nats.transporter.ts";
 import type { ExporterSpec } from "./lib/trace-exporter.ts";
-import { SAMPLERS } from "./lib/tracer.ts";
+import { OTLP_PROTOCOLS, SAMPLERS } from "./lib/tracer.ts";
 import { TwoLevelCacher } from "./lib/two-level.cacher.ts";
 import { DEMO_USERS, parseUsers } from "./lib/users.ts";
 import { AuthorizationMiddleware } from "./middlewares/authorization.middleware.ts";
@@ -294,9 +294,10 @@ function tracingFrom(env: Env, registry: Registry): TracingMiddlewareOptions {
 	let kind = oneOf(env, "OTEL_TRACES_EXPORTER", ["otlp", "zipkin", "none"] as const, implied);
 	if (str(env, "OTEL_SDK_DISABLED", "false") === "true") kind = "none";
 	const timeout = int(env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", int(env, "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, 1, 600_000), 1, 600_000);
+	const protocol = oneOf(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTLP_PROTOCOLS, oneOf(env, "OTEL_EXPORTER_OTLP_PROTOCOL", OTLP_PROTOCOLS, "http/protobuf"));
 	const exporter: ExporterSpec | null =
 		kind === "otlp"
-			? { kind, url: otlpTraces || `${(otlpBase || "http://localhost:4318").replace(/\/+$/, "")}/v1/traces`, timeoutMillis: timeout }
+			? { kind, url: otlpTraces || `${(otlpBase || "http://localhost:4318").replace(/\/+$/, "")}/v1/traces`, timeoutMillis: timeout, protocol }
 			: kind === "zipkin"
 				? { kind, url: zipkin || "http://localhost:9411/api/v2/spans" }
 				: null;
@@ -458,13 +459,8 @@ export function buildConfig(env: Env): LatticeConfig {
 		// still counted and traced.
 		middlewares: [protection, batching, BusPermissionsMiddleware({ registry: metricsRegistry }), ops, failover, traffic, faults, ...MOLECULER_MIDDLEWARES.map(m => (m === "Timeout" ? TimeoutMiddleware() : m)), locality, AuthorizationMiddleware(), shedding, metrics, tracing, channels],
 
-		// `$node.options` answers with credentials redacted (lib/redact.ts). A getter: Moleculer mutates the schema it is
-		// given, and one config may build several brokers.
-		internalServices: {
-			get $node() {
-				return redactedNodeInternals();
-			}
-		},
+		// `$node.options` answers with credentials redacted (lib/redact.ts).
+		internalServices: { $node: redactedNodeInternals() },
 
 		lattice,
 		metricsRegistry

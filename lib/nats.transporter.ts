@@ -69,7 +69,10 @@ export class LatticeNatsTransporter extends Transporters.NATS {
 					this.logger.warn(`NATS subscription on '${subject}' ended: ${err?.message ?? "no data"}`);
 					return;
 				}
-				this.receive(cmd, Buffer.from(msg.data));
+				// A view, not a copy (Moleculer's transporter copies): nats.js hands each message its own slice of a
+				// socket chunk it never reuses, and the packet is opened and parsed before this returns.
+				const data = msg.data;
+				this.receive(cmd, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 			}
 		});
 	}

@@ -9,6 +9,10 @@ import { activeSpan, extract, formatTraceparent, inject, newSpanId, newTraceId, 
 
 export { SpanKind };
 
+/** The OTLP/HTTP encodings (OTEL_EXPORTER_OTLP_PROTOCOL); gRPC is not offered. */
+export const OTLP_PROTOCOLS = ["http/protobuf", "http/json"] as const;
+export type OtlpProtocol = (typeof OTLP_PROTOCOLS)[number];
+
 /** The OTEL_TRACES_SAMPLER values Lattice implements (the spec's built-in ones, without the Jaeger/X-Ray remotes). */
 export const SAMPLERS = [
 	"always_on",

@@ -18,7 +18,10 @@ import { median } from "./stats.ts";
  * Lattice's full config; only the two middlewares change. Moleculer's own tracer at 10 % (no exporter) is a
  * reference row on the local path.
  *
- *   npm exec -- node test/bench/tracing.bench.ts [--rounds 5] [--cell-ms 2000] [--concurrency 32] [--target]
+ * Each variant first runs unmeasured for --warmup-ms: V8 keeps optimizing these paths for seconds, and a short
+ * warm-up leaves the first rounds measuring the JIT rather than the middlewares.
+ *
+ *   npm exec -- node test/bench/tracing.bench.ts [--rounds 5] [--cell-ms 2000] [--warmup-ms 3000] [--concurrency 32] [--target]
  */
 
 type Tracing = "off" | "ids" | "10%" | "100%";
@@ -107,8 +110,10 @@ async function startSink(): Promise<{ url: string; bytes: () => number; close():
 	const server = http.createServer((req, res) => {
 		req.on("data", (b: Buffer) => (bytes += b.length));
 		req.on("end", () => {
-			res.writeHead(200, { "content-type": "application/json" });
-			res.end("{}");
+			// An empty export response, in the request's encoding (protobuf unless a variant asks for JSON).
+			const protobuf = /protobuf/.test(req.headers["content-type"] ?? "");
+			res.writeHead(200, { "content-type": protobuf ? "application/x-protobuf" : "application/json" });
+			res.end(protobuf ? undefined : "{}");
 		});
 	});
 	await new Promise<void>(r => server.listen(0, "127.0.0.1", r));
@@ -197,17 +202,18 @@ function printTable(title: string, rows: Array<[string, Cell[]]>): { calls: Map<
 
 async function main(): Promise<void> {
 	const { values } = parseArgs({
-		options: { rounds: { type: "string" }, "cell-ms": { type: "string" }, concurrency: { type: "string" }, target: { type: "boolean" } },
+		options: { rounds: { type: "string" }, "cell-ms": { type: "string" }, "warmup-ms": { type: "string" }, concurrency: { type: "string" }, target: { type: "boolean" } },
 		strict: true
 	});
 	const rounds = Number(values.rounds ?? 5);
 	const cellMs = Number(values["cell-ms"] ?? 2000);
+	const warmupMs = Number(values["warmup-ms"] ?? 3000);
 	const concurrency = Number(values.concurrency ?? 32);
 	// --target: only the two variants the cost target compares, so more rounds fit in the same time.
 	const variants = values.target ? [BASELINE, TARGET] : VARIANTS;
 	const localVariants = values.target ? variants : [...VARIANTS, REFERENCE];
 	const sink = await startSink();
-	process.stdout.write(`tracing bench: ${rounds} rounds of ${cellMs} ms cells, ${concurrency} calls in flight, NATS ${NATS_URL}\n`);
+	process.stdout.write(`tracing bench: ${warmupMs} ms warm-up, ${rounds} rounds of ${cellMs} ms cells, ${concurrency} calls in flight, NATS ${NATS_URL}\n`);
 
 	// Remote: one server process and one client broker per variant, each pair in its own namespace.
 	const remote: Array<{ v: Variant; client: ServiceBroker; server: ServerChild; results: Cell[] }> = [];
@@ -220,7 +226,7 @@ async function main(): Promise<void> {
 			await waitFor(() => client.registry.getActionEndpoints("bench.echo")?.hasAvailable(), 15_000, "bench.echo");
 			remote.push({ v, client, server, results: [] });
 		}
-		for (const r of remote) await closedLoop(r.client, concurrency, 500);
+		for (const r of remote) await closedLoop(r.client, concurrency, warmupMs);
 		for (let round = 0; round < rounds; round++) {
 			// Rotate the order so no variant always runs first (warmest JIT, coolest CPU).
 			for (let k = 0; k < remote.length; k++) {
@@ -243,7 +249,7 @@ async function main(): Promise<void> {
 			await broker.start();
 			local.push({ v, broker, results: [] });
 		}
-		for (const l of local) await closedLoop(l.broker, concurrency, 500);
+		for (const l of local) await closedLoop(l.broker, concurrency, warmupMs);
 		for (let round = 0; round < rounds; round++) {
 			for (let k = 0; k < local.length; k++) {
 				const l = local[(k + round) % local.length]!;

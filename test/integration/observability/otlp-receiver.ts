@@ -69,6 +69,121 @@ interface ExportRequest {
 	}>;
 }
 
+/**
+ * The protobuf wire format, read field by field: enough to decode an OTLP ExportTraceServiceRequest into the same
+ * shape its JSON encoding has, independently of the exporter's own writer. Field numbers are those of
+ * opentelemetry/proto/{collector/trace/v1/trace_service,trace/v1/trace,common/v1/common,resource/v1/resource}.proto.
+ */
+type Field = { n: number; varint?: bigint; bytes?: Uint8Array; fixed64?: Buffer; fixed32?: number };
+
+function fields(buf: Uint8Array): Field[] {
+	const out: Field[] = [];
+	let i = 0;
+	const varint = (): bigint => {
+		let v = 0n;
+		for (let shift = 0n; ; shift += 7n) {
+			const b = buf[i++];
+			if (b === undefined) throw new Error("protobuf: truncated varint");
+			v |= BigInt(b & 0x7f) << shift;
+			if (b < 0x80) return v;
+		}
+	};
+	while (i < buf.length) {
+		const key = Number(varint());
+		const n = key >>> 3;
+		switch (key & 7) {
+			case 0:
+				out.push({ n, varint: varint() });
+				break;
+			case 1:
+				out.push({ n, fixed64: Buffer.from(buf.subarray(i, (i += 8))) });
+				break;
+			case 2: {
+				const len = Number(varint());
+				out.push({ n, bytes: buf.subarray(i, (i += len)) });
+				break;
+			}
+			case 5:
+				out.push({ n, fixed32: Buffer.from(buf.subarray(i, (i += 4))).readUInt32LE(0) });
+				break;
+			default:
+				throw new Error(`protobuf: unsupported wire type ${key & 7}`);
+		}
+		if (i > buf.length) throw new Error("protobuf: truncated field");
+	}
+	return out;
+}
+
+const text = (f: Field) => Buffer.from(f.bytes!).toString("utf8");
+const hex = (f: Field) => Buffer.from(f.bytes!).toString("hex");
+const all = (fs: Field[], n: number) => fs.filter(f => f.n === n);
+const one = (fs: Field[], n: number) => fs.find(f => f.n === n);
+
+function pbAnyValue(buf: Uint8Array): AnyValue {
+	const f = fields(buf)[0];
+	if (!f) return {};
+	switch (f.n) {
+		case 1:
+			return { stringValue: text(f) };
+		case 2:
+			return { boolValue: f.varint !== 0n };
+		case 3:
+			return { intValue: BigInt.asIntN(64, f.varint!).toString() };
+		case 4:
+			return { doubleValue: f.fixed64!.readDoubleLE(0) };
+		case 5:
+			return { arrayValue: { values: all(fields(f.bytes!), 1).map(v => pbAnyValue(v.bytes!)) } };
+		default:
+			return {};
+	}
+}
+
+function pbAttributes(fs: Field[], n: number): KeyValue[] {
+	return all(fs, n).map(kv => {
+		const k = fields(kv.bytes!);
+		const value = one(k, 2);
+		return { key: text(one(k, 1)!), value: value ? pbAnyValue(value.bytes!) : {} };
+	});
+}
+
+function decodeProtobufRequest(body: Uint8Array): ExportRequest {
+	return {
+		resourceSpans: all(fields(body), 1).map(rsField => {
+			const rs = fields(rsField.bytes!);
+			const resource = one(rs, 1);
+			return {
+				resource: { attributes: resource ? pbAttributes(fields(resource.bytes!), 1) : [] },
+				scopeSpans: all(rs, 2).map(ssField => ({
+					spans: all(fields(ssField.bytes!), 2).map(spanField => {
+						const sp = fields(spanField.bytes!);
+						const parent = one(sp, 4);
+						const state = one(sp, 3);
+						const status = one(sp, 15);
+						const st = status ? fields(status.bytes!) : [];
+						const message = one(st, 2);
+						return {
+							traceId: hex(one(sp, 1)!),
+							spanId: hex(one(sp, 2)!),
+							parentSpanId: parent && parent.bytes!.length ? hex(parent) : undefined,
+							traceState: state ? text(state) : undefined,
+							name: text(one(sp, 5)!),
+							kind: Number(one(sp, 6)?.varint ?? 0n),
+							startTimeUnixNano: one(sp, 7)!.fixed64!.readBigUInt64LE(0).toString(),
+							endTimeUnixNano: one(sp, 8)!.fixed64!.readBigUInt64LE(0).toString(),
+							attributes: pbAttributes(sp, 9),
+							status: { code: Number(one(st, 3)?.varint ?? 0n), message: message ? text(message) : undefined },
+							events: all(sp, 11).map(e => {
+								const ef = fields(e.bytes!);
+								return { name: text(one(ef, 2)!), attributes: pbAttributes(ef, 3) };
+							})
+						};
+					})
+				}))
+			};
+		})
+	};
+}
+
 export interface OtlpReceiver {
 	readonly url: string;
 	readonly port: number;
@@ -84,8 +199,8 @@ export interface OtlpReceiver {
 }
 
 /**
- * A stand-in OpenTelemetry collector: accepts OTLP/HTTP JSON on POST /v1/traces and decodes what the exporter
- * really sent, exactly as a collector would read it (hex ids, string nanosecond times, typed attribute values).
+ * A stand-in OpenTelemetry collector: accepts OTLP/HTTP on POST /v1/traces, protobuf or JSON by content type, and
+ * decodes what the exporter really sent, as a collector would read it (hex ids, nanosecond times, typed attributes).
  */
 export async function startOtlpReceiver(): Promise<OtlpReceiver> {
 	const spans: ReceivedSpan[] = [];
@@ -101,8 +216,10 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
 				res.writeHead(404).end();
 				return;
 			}
-			requests.push(req.headers["content-type"] ?? "");
-			const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as ExportRequest;
+			const type = req.headers["content-type"] ?? "";
+			requests.push(type);
+			const raw = Buffer.concat(chunks);
+			const body = /protobuf/.test(type) ? decodeProtobufRequest(raw) : (JSON.parse(raw.toString("utf8")) as ExportRequest);
 			for (const rs of body.resourceSpans ?? []) {
 				const resource = decodeAttributes(rs.resource?.attributes);
 				for (const ss of rs.scopeSpans ?? []) {
@@ -124,7 +241,9 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
 					}
 				}
 			}
-			res.writeHead(200, { "content-type": "application/json" }).end("{}");
+			// An empty ExportTraceServiceResponse: full success, in the request's encoding.
+			if (/protobuf/.test(type)) res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+			else res.writeHead(200, { "content-type": "application/json" }).end("{}");
 		});
 	}
 

@@ -57,7 +57,8 @@ describe("W3C trace context across three nodes over NATS, exported over OTLP/HTT
 		[gateway, orders, inventory] = await Promise.all([
 			startNode({ nodeID: ids.gateway, services: `${FIXTURES}/trace-gateway.service.ts`, gateway: true, env }),
 			startNode({ nodeID: ids.orders, services: `${FIXTURES}/trace-orders.service.ts`, env }),
-			startNode({ nodeID: ids.inventory, services: `${FIXTURES}/trace-inventory.service.ts`, env })
+			// OTLP's other encoding on one node: both must decode into the same tree.
+			startNode({ nodeID: ids.inventory, services: `${FIXTURES}/trace-inventory.service.ts`, env: { ...env, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json" } })
 		]);
 		// Discovery is asynchronous: wait until a request goes all the way through.
 		await waitFor(async () => (await get("/trace/place")).status === 200, 20_000, "the gateway to reach orders and inventory");
@@ -136,7 +137,9 @@ describe("W3C trace context across three nodes over NATS, exported over OTLP/HTT
 		}
 		// Children start within their parent's time span, across processes on one clock.
 		assert.ok(reserve.startNs >= place.startNs && reserve.endNs <= place.endNs);
-		assert.match(receiver.requests[0] ?? "", /application\/json/);
+		// Protobuf by default (gateway, orders), JSON where asked for (inventory).
+		assert.ok(receiver.requests.some(t => /application\/x-protobuf/.test(t)), receiver.requests.join());
+		assert.ok(receiver.requests.some(t => /application\/json/.test(t)), receiver.requests.join());
 	});
 
 	test("an incoming traceparent and tracestate are continued; an unsampled one is propagated but not recorded", async () => {

@@ -287,6 +287,8 @@ test("config: OTEL_* variables are validated at startup", () => {
 	assert.throws(() => buildConfig({ OTEL_TRACES_EXPORTER: "jaeger" }), /OTEL_TRACES_EXPORTER must be one of/);
 	assert.throws(() => buildConfig({ OTEL_RESOURCE_ATTRIBUTES: "team" }), /OTEL_RESOURCE_ATTRIBUTES/);
 	assert.throws(() => buildConfig({ OTEL_BSP_MAX_QUEUE_SIZE: "0" }), /OTEL_BSP_MAX_QUEUE_SIZE/);
+	assert.throws(() => buildConfig({ OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }), /OTEL_EXPORTER_OTLP_PROTOCOL must be one of/);
+	assert.throws(() => buildConfig({ OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/xml" }), /OTEL_EXPORTER_OTLP_TRACES_PROTOCOL must be one of/);
 	const names = (env: Record<string, string>) =>
 		(buildConfig(env).middlewares ?? []).map(m => (typeof m === "string" ? m : (m as { name?: string }).name));
 	const list = names({});
