@@ -8,7 +8,7 @@ import { LocalityStrategy } from "./lib/locality.strategy.ts";
 import { pinoLoggerConfig } from "./lib/logger.ts";
 import { redactedNodeInternals } from "./lib/redact.ts";
 import { defaultSettings, type AuthSettings, type GatewaySettings, type LatticeSettings, type Topology } from "./lib/settings.ts";
-import { LATTICE_NATS } from "./lib/nats.transporter.ts";
+import { DEFAULT_DISCOVERY_WAIT, LATTICE_NATS } from "./lib/nats.transporter.ts";
 import type { ExporterSpec } from "./lib/trace-exporter.ts";
 import { OTLP_PROTOCOLS, SAMPLERS } from "./lib/tracer.ts";
 import { TwoLevelCacher } from "./lib/two-level.cacher.ts";
@@ -195,7 +195,8 @@ function natsOptions(env: Env, url: string): Record<string, unknown> {
 		name: env.NODEID,
 		maxReconnectAttempts: -1,
 		reconnectTimeWait: 500,
-		pingInterval: 10_000
+		pingInterval: 10_000,
+		discoveryWait: { minMs: int(env, "LATTICE_DISCOVERY_WAIT", DEFAULT_DISCOVERY_WAIT.minMs, 0, DEFAULT_DISCOVERY_WAIT.maxMs) }
 	};
 	const authenticator = natsAuthenticator(env);
 	if (authenticator) o.authenticator = authenticator;

@@ -18,6 +18,32 @@ interface NatsClient {
 
 const REQUEST = "REQ";
 const EVENT = "EVENT";
+const INFO = "INFO";
+
+/**
+ * How long a connecting node listens for the other nodes' INFO before its services start and it reports ready.
+ * Moleculer waits a fixed 500 ms, half of a node's cold start; here the wait ends once INFO has stopped arriving.
+ */
+export interface DiscoveryWait {
+	/** Least wait after asking every node for its INFO, in ms. Default 100: NATS round trips in a cluster take a few. */
+	minMs: number;
+	/** Then wait until no INFO has arrived for this long, in ms. Default 50. */
+	quietMs: number;
+	/** Never longer than this in all, in ms. Default 500, Moleculer's fixed wait. */
+	maxMs: number;
+}
+
+export const DEFAULT_DISCOVERY_WAIT: DiscoveryWait = { minMs: 100, quietMs: 50, maxMs: 500 };
+
+/** The parts of Moleculer 0.15's Transit that `afterConnect` uses (transit.js), re-run here with a shorter wait. */
+interface TransitInternals {
+	connected: boolean;
+	isReady: boolean;
+	__connectResolve: ((v: null) => void) | null;
+	makeSubscriptions(): Promise<unknown>;
+	discoverer: { sendLocalNodeInfo(): Promise<unknown>; discoverAllNodes(): Promise<unknown> };
+	metrics: { set(name: string, value: number): void };
+}
 
 /**
  * Moleculer's NATS transporter leaves reconnects to the nats client and only logs its status changes. While the
@@ -30,13 +56,56 @@ const EVENT = "EVENT";
  */
 export class LatticeNatsTransporter extends Transporters.NATS {
 	private watching = false;
+	private readonly discoveryWait: DiscoveryWait;
+	private lastInfoAt = 0;
+
+	constructor(opts: Record<string, unknown> & { discoveryWait?: Partial<DiscoveryWait> }) {
+		// Not a NATS client option: kept out of what nats.connect() is given.
+		const { discoveryWait, ...nats } = opts;
+		super(nats);
+		this.discoveryWait = { ...DEFAULT_DISCOVERY_WAIT, ...discoveryWait };
+	}
 
 	override onConnected(wasReconnect?: boolean): Promise<unknown> {
 		if (!this.watching && this.client) {
 			this.watching = true;
 			void this.watch(this.client as NatsClient);
 		}
-		return super.onConnected(wasReconnect);
+		this.connected = true;
+		return this.announce(wasReconnect === true);
+	}
+
+	/**
+	 * Moleculer's Transit#afterConnect (0.15) step by step, with the fixed 500 ms wait for INFO replaced by
+	 * {@link settle}: subscribe (or re-announce after a reconnect), ask every node for its INFO, wait for the
+	 * answers, then mark the transit connected, which lets the broker start its services.
+	 */
+	private async announce(wasReconnect: boolean): Promise<void> {
+		const transit = this.transit as unknown as TransitInternals;
+		if (wasReconnect) await transit.discoverer.sendLocalNodeInfo();
+		else await transit.makeSubscriptions();
+		const asked = Date.now();
+		await transit.discoverer.discoverAllNodes();
+		await this.settle(asked);
+		transit.connected = true;
+		transit.metrics.set("moleculer.transit.connected", 1);
+		this.broker.broadcastLocal("$transporter.connected", { wasReconnect });
+		if (transit.__connectResolve) {
+			transit.isReady = true;
+			transit.__connectResolve(null);
+			transit.__connectResolve = null;
+		}
+	}
+
+	/** Resolves once INFO replies have stopped coming (see {@link DiscoveryWait}). */
+	private async settle(asked: number): Promise<void> {
+		const { minMs, quietMs, maxMs } = this.discoveryWait;
+		for (;;) {
+			await new Promise(resolve => setTimeout(resolve, 10));
+			const now = Date.now();
+			if (now - asked >= maxMs) return;
+			if (now - asked >= minMs && now - Math.max(this.lastInfoAt, asked) >= quietMs) return;
+		}
 	}
 
 	/*
@@ -72,6 +141,7 @@ export class LatticeNatsTransporter extends Transporters.NATS {
 				// A view, not a copy (Moleculer's transporter copies): nats.js hands each message its own slice of a
 				// socket chunk it never reuses, and the packet is opened and parsed before this returns.
 				const data = msg.data;
+				if (cmd === INFO) this.lastInfoAt = Date.now();
 				this.receive(cmd, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 			}
 		});

@@ -1,11 +1,17 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type * as OtelApi from "@opentelemetry/api";
 import type { Attributes, AttributeValue, HrTime, SpanContext as OtelSpanContext, SpanStatus } from "@opentelemetry/api";
-import { createTraceState, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import { createRequire } from "node:module";
 import type { ReadableSpan, SpanProcessor, TimedEvent } from "@opentelemetry/sdk-trace";
 import type { Resource } from "@opentelemetry/resources";
 import type { Context, ServiceBroker } from "moleculer";
 import { configError } from "./errors.ts";
 import { activeSpan, extract, formatTraceparent, inject, newSpanId, newTraceId, runWithSpan, type ActiveSpan, type SpanContext } from "./trace-context.ts";
+
+// The CommonJS build, which prom-client's default metrics already load: importing the ES build as well would put a
+// second copy of the API (some 50 modules) in every node.
+const { createTraceState, SpanKind, SpanStatusCode } = createRequire(import.meta.url)("@opentelemetry/api") as typeof OtelApi;
+type SpanKind = OtelApi.SpanKind;
 
 export { SpanKind };
 

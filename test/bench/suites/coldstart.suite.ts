@@ -61,36 +61,41 @@ function latticeNode(system: string, services: string, gateway: boolean, env: Re
 	};
 }
 
-/** Stock Moleculer's runner with the same products service, ready when its broker has started. */
-const bareNode: Kind = {
-	system: "bare: products",
-	async start(natsUrl) {
-		const namespace = uniqueNamespace("bench-cold");
-		const t0 = performance.now();
-		const child = spawn(process.execPath, [RUNNER, "--config", "test/bench/bare-runner.config.ts", "--mask", "**/*.service.ts"], {
-			cwd: ROOT,
-			env: {
-				...process.env,
-				TRANSPORTER: natsUrl,
-				NAMESPACE: namespace,
-				NODEID: `${namespace}-node`,
-				SERVICES: "services/products.service.ts"
-			},
-			stdio: ["ignore", "pipe", "pipe"]
-		});
-		const managed = manage(child);
-		await waitFor(
-			() => {
-				if (!managed.alive()) throw new Error(`bare node exited:\n${managed.output.join("")}`);
-				return managed.output.some(chunk => chunk.includes("BENCH-READY"));
-			},
-			READY_TIMEOUT_MS,
-			"bare node ready",
-			POLL_MS
-		);
-		return { process: managed, readyMs: performance.now() - t0, cpuMs: cpuMs(managed.pid), heapUsedMiB: async () => undefined };
-	}
-};
+/**
+ * Stock Moleculer's runner, ready when its broker has started: with the same products service, and with no
+ * service at all, which is the floor any Moleculer 0.15 node on NATS starts from on this Node.
+ */
+function bareNode(system: string, services: string | null): Kind {
+	return {
+		system,
+		async start(natsUrl) {
+			const namespace = uniqueNamespace("bench-cold");
+			const t0 = performance.now();
+			const child = spawn(process.execPath, [RUNNER, "--config", "test/bench/bare-runner.config.ts", "--mask", "**/*.service.ts"], {
+				cwd: ROOT,
+				env: {
+					...process.env,
+					TRANSPORTER: natsUrl,
+					NAMESPACE: namespace,
+					NODEID: `${namespace}-node`,
+					...(services ? { SERVICES: services } : {})
+				},
+				stdio: ["ignore", "pipe", "pipe"]
+			});
+			const managed = manage(child);
+			await waitFor(
+				() => {
+					if (!managed.alive()) throw new Error(`${system} exited:\n${managed.output.join("")}`);
+					return managed.output.some(chunk => chunk.includes("BENCH-READY"));
+				},
+				READY_TIMEOUT_MS,
+				`${system} ready`,
+				POLL_MS
+			);
+			return { process: managed, readyMs: performance.now() - t0, cpuMs: cpuMs(managed.pid), heapUsedMiB: async () => undefined };
+		}
+	};
+}
 
 /**
  * The compile cache the image ships (Dockerfile: `node lib/compile-cache.cli.ts`), made afresh for this run from
@@ -127,8 +132,9 @@ const IMAGE = "Lattice: products (image)";
 const IMAGE_GATEWAY = "Lattice: api + products (image)";
 const EDGE = "Lattice: products (image, edge pod)";
 const NO_CACHE = "Lattice: products (npm start)";
-const BARE = bareNode.system;
-const SYSTEMS = [IMAGE_GATEWAY, IMAGE, EDGE, NO_CACHE, BARE];
+const BARE = "bare: products";
+const BARE_EMPTY = "bare: no services";
+const SYSTEMS = [IMAGE_GATEWAY, IMAGE, EDGE, NO_CACHE, BARE, BARE_EMPTY];
 
 function kinds(compileCache: string): Kind[] {
 	const image = { NODE_COMPILE_CACHE: compileCache };
@@ -137,7 +143,8 @@ function kinds(compileCache: string): Kind[] {
 		latticeNode(IMAGE, "products", false, image),
 		latticeNode(EDGE, "products", false, { ...image, NODE_OPTIONS: edgeNodeOptions() }),
 		latticeNode(NO_CACHE, "products", false, {}),
-		bareNode
+		bareNode(BARE, "services/products.service.ts"),
+		bareNode(BARE_EMPTY, null)
 	];
 }
 
@@ -228,6 +235,7 @@ function table(results: CellResult[], settleMs: number): Table {
 			"Ready: Lattice's /ready answers 200 (polled every 5 ms); bare: its broker's started() hook has run. Both include Moleculer's fixed 500 ms wait for other nodes' INFO after connecting.",
 			`(image): as the image starts them, with the compile cache made at build time (lib/compile-cache.cli.ts, NODE_COMPILE_CACHE); (npm start): without it; (edge pod): plus the edge pods' NODE_OPTIONS (${edgeNodeOptions()}, from k8s/edge-site). Bare Moleculer runs without a compile cache.`,
 			"RSS includes the Node binary's resident pages (~45–50 MiB, shared by every Node process on the host); heap used is V8's after the idle period (Lattice's /metrics).",
+			"'bare: no services' is stock Moleculer with nothing loaded, connected to NATS: no node of any Moleculer 0.15 distribution on this Node idles below it.",
 			"All nodes connect to the shared NATS; the products service uses moleculer-db's in-memory adapter."
 		]
 	};
