@@ -18,6 +18,14 @@ interface Waiting {
 	reject: ((err: Error) => void) | null;
 	action: string;
 	lane: Lane;
+	/** A call to another node: on expiry its pending request is released too. */
+	remote: boolean;
+}
+
+/** The part of Moleculer 0.15's Transit that holds remote calls waiting for their response. */
+interface PendingRequests {
+	pendingRequests: Map<string, { reject(err: Error): void }>;
+	removePendingRequest(id: string): void;
 }
 
 /**
@@ -111,7 +119,19 @@ export function TimeoutMiddleware(opts: TimeoutOptions = {}): { name: string; [h
 		w.reject = null;
 		logger.warn(`Request '${w.action}' is timed out.`, { requestID: ctx.requestID, nodeID: ctx.nodeID, timeout: ctx.options.timeout });
 		if (ctx.params instanceof Stream) ctx.params.emit("moleculer-timeout-middleware", ctx.options.timeout);
-		reject(new Errors.RequestTimeoutError({ action: w.action, nodeID: ctx.nodeID ?? undefined }));
+		const err = new Errors.RequestTimeoutError({ action: w.action, nodeID: ctx.nodeID ?? undefined });
+		// Moleculer's own middleware leaves the request pending in the transit until an answer that may never come:
+		// the entry leaks, and the context tracker counts the call as in flight, so a stopping node waits the whole
+		// shutdown timeout for it. Settling it here releases both.
+		if (w.remote) {
+			const transit = broker.transit as unknown as PendingRequests | undefined;
+			const pending = transit?.pendingRequests.get(ctx.id);
+			if (pending) {
+				transit!.removePendingRequest(ctx.id);
+				pending.reject(err);
+			}
+		}
+		reject(err);
 	}
 
 	function laneFor(ms: number): Lane {
@@ -131,7 +151,7 @@ export function TimeoutMiddleware(opts: TimeoutOptions = {}): { name: string; [h
 		}
 	}
 
-	function wrap(handler: Handler, action: ActionSchema): Handler {
+	function wrap(handler: Handler, action: ActionSchema, remote: boolean): Handler {
 		const actionTimeout = (action as { timeout?: number }).timeout;
 		const name = action.name ?? "";
 		return function timeout(ctx: Context) {
@@ -143,7 +163,7 @@ export function TimeoutMiddleware(opts: TimeoutOptions = {}): { name: string; [h
 			if (!ctx.startHrTime) ctx.startHrTime = process.hrtime();
 			const p = handler(ctx);
 			return new Promise((resolve, reject) => {
-				const w: Waiting = { deadline: Date.now() + ms, settled: false, reject, ctx, action: name, lane: laneFor(ms) };
+				const w: Waiting = { deadline: Date.now() + ms, settled: false, reject, ctx, action: name, lane: laneFor(ms), remote };
 				wait(w);
 				p.then(
 					v => {
@@ -172,7 +192,7 @@ export function TimeoutMiddleware(opts: TimeoutOptions = {}): { name: string; [h
 			timer = null;
 		},
 
-		localAction: wrap,
-		remoteAction: wrap
+		localAction: (handler: Handler, action: ActionSchema) => wrap(handler, action, false),
+		remoteAction: (handler: Handler, action: ActionSchema) => wrap(handler, action, true)
 	};
 }

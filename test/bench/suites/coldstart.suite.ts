@@ -232,7 +232,7 @@ function table(results: CellResult[], settleMs: number): Table {
 			];
 		}),
 		notes: [
-			"Ready: Lattice's /ready answers 200 (polled every 5 ms); bare: its broker's started() hook has run. Both include Moleculer's fixed 500 ms wait for other nodes' INFO after connecting.",
+			"Ready: Lattice's /ready answers 200 (polled every 5 ms); bare: its broker's started() hook has run. Bare waits Moleculer's fixed 500 ms for other nodes' INFO after connecting; Lattice until INFO stops arriving (at least LATTICE_DISCOVERY_WAIT, 100 ms).",
 			`(image): as the image starts them, with the compile cache made at build time (lib/compile-cache.cli.ts, NODE_COMPILE_CACHE); (npm start): without it; (edge pod): plus the edge pods' NODE_OPTIONS (${edgeNodeOptions()}, from k8s/edge-site). Bare Moleculer runs without a compile cache.`,
 			"RSS includes the Node binary's resident pages (~45–50 MiB, shared by every Node process on the host); heap used is V8's after the idle period (Lattice's /metrics).",
 			"'bare: no services' is stock Moleculer with nothing loaded, connected to NATS: no node of any Moleculer 0.15 distribution on this Node idles below it.",

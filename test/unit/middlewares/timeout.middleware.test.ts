@@ -120,3 +120,31 @@ test("memory follows the calls in flight even when the event loop never lets the
 		await b.stop();
 	}
 });
+
+test("a remote call that times out is released on the caller: no pending request, nothing left for shutdown to drain", async () => {
+	const namespace = uniqueNamespace("timeout");
+	// A server that never answers in time and applies no deadline of its own, as a hung or partitioned node would.
+	const server = new ServiceBroker({ nodeID: "server", namespace, transporter: "Fake", logger: false, internalMiddlewares: false });
+	const client = new ServiceBroker({
+		nodeID: "client",
+		namespace,
+		transporter: "Fake",
+		logger: false,
+		requestTimeout: 50,
+		tracking: { enabled: true, shutdownTimeout: 10_000 },
+		internalMiddlewares: false,
+		// As in Lattice's list: the timeout wraps the context tracker.
+		middlewares: ["ContextTracker", TimeoutMiddleware({ resolutionMs: 5 })]
+	});
+	server.createService(slowService);
+	await Promise.all([server.start(), client.start()]);
+	try {
+		await client.waitForServices("slow", 5000);
+		await assert.rejects(client.call("slow.wait", { ms: 1000 }), { type: "REQUEST_TIMEOUT" });
+		const transit = client.transit as unknown as { pendingRequests: Map<string, unknown> };
+		assert.equal(transit.pendingRequests.size, 0, "the transit still waits for the answer");
+		assert.equal((client as unknown as { _trackedContexts: unknown[] })._trackedContexts.length, 0, "the call still counts as in flight");
+	} finally {
+		await Promise.all([client.stop(), server.stop()]);
+	}
+});
