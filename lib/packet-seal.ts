@@ -40,6 +40,14 @@ export type ScopeKind = (typeof ScopeKind)[keyof typeof ScopeKind];
 export const MIN_KEY_BYTES = 32;
 
 /**
+ * Set to true on a `transporterSend` function that is done with the `data` it is given by the time it returns (it
+ * copies or transforms it synchronously, as sealing does): its caller may then build the next packet in the same
+ * buffer. Large buffers allocated from JavaScript are what drive V8 into major collections under load ("external
+ * memory pressure"), so not allocating one per batch matters.
+ */
+export const RELEASES_DATA = Symbol.for("lattice.transporterSend.releasesData");
+
+/**
  * A cluster key as written in the environment: base64 (standard or URL-safe) or hex, at least 32 bytes once
  * decoded. `openssl rand -base64 32` makes one.
  */

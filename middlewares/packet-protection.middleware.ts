@@ -2,6 +2,7 @@ import type { Logger, ServiceBroker } from "moleculer";
 import { Counter, type Registry } from "prom-client";
 import {
 	PacketSeal,
+	RELEASES_DATA,
 	ScopeKind,
 	scopeBytes,
 	type ClusterKeys,
@@ -147,13 +148,15 @@ export function PacketProtectionMiddleware(opts: PacketProtectionOptions): Packe
 		},
 
 		transporterSend(next: Send): Send {
-			return (topic, data, meta) => {
+			const send: Send = (topic, data, meta) => {
 				const packet = meta?.packet;
 				if (!packet) throw new Error(`Packet protection cannot tell where '${topic}' goes: no packet in the send metadata`);
 				const target = meta.balanced ? null : packet.target;
 				const kind = meta.balanced ? ScopeKind.balanced : target ? ScopeKind.targeted : ScopeKind.broadcast;
 				return next(topic, seal.seal(sendScope(packet.type, target ?? ""), kind, data), meta);
 			};
+			// Sealing reads `data` once, synchronously, into the envelope it sends on.
+			return Object.assign(send, { [RELEASES_DATA]: true });
 		},
 
 		transporterReceive(next: Receive): Receive {

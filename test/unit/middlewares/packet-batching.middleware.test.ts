@@ -5,6 +5,7 @@ import { ServiceBroker, type Context } from "moleculer";
 import { Registry } from "prom-client";
 import { decodeBatch, encodeBatch, isBatch, PacketBatchingMiddleware } from "../../../middlewares/packet-batching.middleware.ts";
 import { PacketProtectionMiddleware } from "../../../middlewares/packet-protection.middleware.ts";
+import { RELEASES_DATA } from "../../../lib/packet-seal.ts";
 import { metricValue, uniqueNamespace } from "../../support/cluster.ts";
 
 type Meta = { packet: { type: string } };
@@ -221,5 +222,61 @@ test("a node with batching off and one with it on answer each other's concurrent
 		assert.deepEqual(await Promise.all(n.map(i => off.call("math-on.inc", { n: i }))), n.map(i => i + 1));
 	} finally {
 		await Promise.all([on.stop(), off.stop()]);
+	}
+});
+
+test("frames share one buffer only below a layer that is done with them on return, and each leaves intact", async () => {
+	for (const releases of [true, false]) {
+		const mw = PacketBatchingMiddleware({ registry: new Registry() }) as unknown as { created(b: unknown): void; transporterSend(next: Send): Send };
+		mw.created({ getLogger: () => ({ warn() {} }) });
+		const seen: Array<{ topic: string; data: Buffer; copy: Buffer }> = [];
+		const below: Send = (topic, data) => {
+			seen.push({ topic, data, copy: Buffer.from(data) });
+			return Promise.resolve();
+		};
+		const send = mw.transporterSend(releases ? Object.assign(below, { [RELEASES_DATA]: true }) : below);
+		const sent: Record<string, string[]> = { "MOL.REQ.a": [], "MOL.REQ.b": [] };
+		for (let i = 0; i < 6; i++) {
+			const topic = i % 2 ? "MOL.REQ.b" : "MOL.REQ.a";
+			const body = `{"n":${i},"pad":"${"x".repeat(1000 * (i + 1))}"}`;
+			sent[topic]!.push(body);
+			void send(topic, Buffer.from(body), packet("REQ"));
+		}
+		await tick();
+		assert.equal(seen.length, 2);
+		for (const s of seen) {
+			assert.deepEqual(decodeBatch(s.copy)?.map(p => p.toString()), sent[s.topic], `${s.topic} as it left (releases: ${releases})`);
+		}
+		const [x, y] = [seen[0]!.data, seen[1]!.data];
+		assert.equal(x.buffer === y.buffer && x.byteOffset === y.byteOffset, releases, "both frames written in one place exactly when the layer below releases them");
+		if (!releases) for (const s of seen) assert.deepEqual(s.data, s.copy, "a frame the layer below may keep is never written over");
+	}
+});
+
+test("sealing brokers answer concurrent calls spread over two servers: frames to both leave in one turn, intact", async () => {
+	const ns = uniqueNamespace("batch2");
+	const key = { current: Buffer.alloc(32, 7) };
+	const make = (nodeID: string) =>
+		new ServiceBroker({
+			namespace: ns,
+			nodeID,
+			transporter: "Fake",
+			logger: false,
+			middlewares: [PacketProtectionMiddleware({ keys: key, registry: new Registry() }), PacketBatchingMiddleware({ registry: new Registry() })]
+		});
+	const servers = [make("s1"), make("s2")];
+	const client = make("c");
+	for (const s of servers) s.createService({ name: "echo", actions: { back: (ctx: Context<{ n: number; pad: string }>) => ({ ...ctx.params, by: ctx.nodeID }) } });
+	try {
+		await Promise.all([...servers, client].map(b => b.start()));
+		await client.waitForServices("echo", 5000);
+		const params = Array.from({ length: 300 }, (_, n) => ({ n, pad: "y".repeat(n % 97) }));
+		const results = (await Promise.all(params.map(p => client.call("echo.back", p)))) as Array<{ n: number; pad: string }>;
+		assert.deepEqual(
+			results.map(r => ({ n: r.n, pad: r.pad })),
+			params
+		);
+	} finally {
+		await Promise.all([...servers, client].map(b => b.stop()));
 	}
 });
