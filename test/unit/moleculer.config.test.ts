@@ -38,6 +38,17 @@ test("TRANSPORTER=nats:// gives NATS that reconnects forever, with credentials k
 	assert.equal(c.nodeID, "n1");
 });
 
+test("LATTICE_DISCOVERY_WAIT sets the least wait for other nodes' INFO (100 ms by default, at most Moleculer's 500)", () => {
+	const wait = (env: Record<string, string>) =>
+		((buildConfig({ TRANSPORTER: "nats://nats:4222", ...env }).transporter as { options: { discoveryWait?: { minMs: number } } }).options.discoveryWait);
+	assert.deepEqual(wait({}), { minMs: 100 });
+	assert.deepEqual(wait({ LATTICE_DISCOVERY_WAIT: "500" }), { minMs: 500 });
+	assert.deepEqual(wait({ LATTICE_DISCOVERY_WAIT: "0" }), { minMs: 0 });
+	for (const bad of ["501", "-1", "soon"]) {
+		assert.throws(() => wait({ LATTICE_DISCOVERY_WAIT: bad }), (err: Errors.MoleculerError) => err.type === ErrorType.CONFIG_INVALID, bad);
+	}
+});
+
 test("CACHER chooses the cache: redis URL, none, or rejects nonsense", () => {
 	assert.ok(buildConfig({ CACHER: "redis://127.0.0.1:6379" }).cacher instanceof TwoLevelCacher);
 	assert.equal(buildConfig({ CACHER: "none" }).cacher, null);
