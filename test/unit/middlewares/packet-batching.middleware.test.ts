@@ -34,6 +34,17 @@ function hooks(opts: Parameters<typeof PacketBatchingMiddleware>[0] = {}) {
 
 const packet = (type: string) => ({ packet: { type } });
 
+/** A broker over the in-memory transporter with packet protection and batching, as Lattice's config orders them. */
+function sealingBroker(namespace: string, nodeID: string, keyByte: number, registry = new Registry()): ServiceBroker {
+	return new ServiceBroker({
+		namespace,
+		nodeID,
+		transporter: "Fake",
+		logger: false,
+		middlewares: [PacketProtectionMiddleware({ keys: { current: Buffer.alloc(32, keyByte) }, registry }), PacketBatchingMiddleware({ registry })]
+	});
+}
+
 test("a frame round-trips its packets in order; anything malformed decodes to null", () => {
 	const parts = [Buffer.from('{"a":1}'), Buffer.from("x".repeat(70_000)), Buffer.from("{}")];
 	const frame = encodeBatch(parts);
@@ -124,17 +135,9 @@ test("received frames are unpacked in order; malformed frames are dropped and co
 
 test("brokers with protection and batching answer 200 concurrent calls and 50 events; the calls travel in batches", async () => {
 	const ns = uniqueNamespace("batch");
-	const key = { current: Buffer.alloc(32, 9) };
 	const make = (nodeID: string) => {
 		const registry = new Registry();
-		const broker = new ServiceBroker({
-			namespace: ns,
-			nodeID,
-			transporter: "Fake",
-			logger: false,
-			middlewares: [PacketProtectionMiddleware({ keys: key, registry }), PacketBatchingMiddleware({ registry })]
-		});
-		return { broker, registry };
+		return { broker: sealingBroker(ns, nodeID, 9, registry), registry };
 	};
 	const a = make("a");
 	const b = make("b");
@@ -162,15 +165,7 @@ test("brokers with protection and batching answer 200 concurrent calls and 50 ev
 
 test("a stream crosses batching, sealing nodes whole and in order, both ways", async () => {
 	const ns = uniqueNamespace("batch-stream");
-	const key = { current: Buffer.alloc(32, 3) };
-	const make = (nodeID: string) =>
-		new ServiceBroker({
-			namespace: ns,
-			nodeID,
-			transporter: "Fake",
-			logger: false,
-			middlewares: [PacketProtectionMiddleware({ keys: key }), PacketBatchingMiddleware()]
-		});
+	const make = (nodeID: string) => sealingBroker(ns, nodeID, 3);
 	const a = make("a");
 	const b = make("b");
 	a.createService({
@@ -255,15 +250,7 @@ test("frames share one buffer only below a layer that is done with them on retur
 
 test("sealing brokers answer concurrent calls spread over two servers: frames to both leave in one turn, intact", async () => {
 	const ns = uniqueNamespace("batch2");
-	const key = { current: Buffer.alloc(32, 7) };
-	const make = (nodeID: string) =>
-		new ServiceBroker({
-			namespace: ns,
-			nodeID,
-			transporter: "Fake",
-			logger: false,
-			middlewares: [PacketProtectionMiddleware({ keys: key, registry: new Registry() }), PacketBatchingMiddleware({ registry: new Registry() })]
-		});
+	const make = (nodeID: string) => sealingBroker(ns, nodeID, 7);
 	const servers = [make("s1"), make("s2")];
 	const client = make("c");
 	for (const s of servers) s.createService({ name: "echo", actions: { back: (ctx: Context<{ n: number; pad: string }>) => ({ ...ctx.params, by: ctx.nodeID }) } });
