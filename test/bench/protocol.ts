@@ -3,7 +3,8 @@
  * is started with, and the request/reply pairs it answers.
  */
 
-export type SystemKind = "lattice" | "bare";
+/** `nats`: no framework, request/reply straight on nats.js (roles/nats-floor.ts), the floor the other two stand on. */
+export type SystemKind = "lattice" | "bare" | "nats";
 export type SerializerName = "JSON" | "CBOR" | "MsgPack" | "Notepack";
 export type StrategyName = "RoundRobin" | "Latency" | "CpuUsage";
 /** Parts of Lattice's config the overhead suite switches off one at a time: broker options, or a middleware by name. */

@@ -8,6 +8,7 @@ import type { BrokerSpec, LatticeFeature } from "./protocol.ts";
  * production node would have; bare is stock Moleculer 0.15 with the least a user has to write.
  */
 export function brokerOptions(spec: BrokerSpec): BrokerOptions {
+	if (spec.kind === "nats") throw new Error("the NATS floor has no broker (roles/nats-floor.ts)");
 	return spec.kind === "lattice" ? latticeOptions(spec) : bareOptions(spec);
 }
 

@@ -11,7 +11,8 @@ const OPEN_PAYLOAD: PayloadName = "1KiB";
 
 /**
  * Items 1 and 2: a remote call between two processes over NATS, Lattice's default config against bare Moleculer,
- * closed loop at several concurrencies, then open loop at a fixed rate.
+ * closed loop at several concurrencies, then open loop at a fixed rate. Request/reply straight on nats.js runs in
+ * the closed-loop cells as the floor: what no framework over this NATS can beat by much.
  */
 export const remoteSuite: Suite = {
 	name: "remote",
@@ -21,6 +22,7 @@ export const remoteSuite: Suite = {
 		try {
 			systems.push(await startRemoteSystem("lattice", { kind: "lattice", transporter: options.natsUrl }));
 			systems.push(await startRemoteSystem("bare", { kind: "bare", transporter: options.natsUrl }));
+			systems.push(await startRemoteSystem("nats", { kind: "nats", transporter: options.natsUrl }));
 			for (const s of systems) await warmUp(s, options.warmupMs * 3, PAYLOAD_NAMES.map(p => PAYLOADS[p]));
 
 			const closedCells: CellPlan[] = PAYLOAD_NAMES.flatMap(payload =>
@@ -43,7 +45,7 @@ export const remoteSuite: Suite = {
 			);
 			const openCell: CellPlan = {
 				cell: `${OPEN_PAYLOAD} @${OPEN_RATE}/s`,
-				contenders: systems.map(s => ({
+				contenders: systems.filter(s => s.name !== "nats").map(s => ({
 					system: s.name,
 					run: () =>
 						measure(s, {
@@ -78,15 +80,31 @@ function cpuPerCall(m: Record<string, number>): number {
 function closedTable(cells: CellPlan[], results: SuiteResult["cells"]): Table {
 	return {
 		title: "1. Remote request/response over NATS, closed loop (median of rounds; latency in ms; CPU = client + server µs per call)",
-		columns: ["payload / in flight", "Lattice calls/s", "bare calls/s", "L/bare", "L p50", "bare p50", "L p99", "bare p99", "L CPU µs", "bare CPU µs"],
+		columns: [
+			"payload / in flight",
+			"Lattice calls/s",
+			"bare calls/s",
+			"L/bare",
+			"NATS floor calls/s",
+			"bare/floor",
+			"L p50",
+			"bare p50",
+			"L p99",
+			"bare p99",
+			"L CPU µs",
+			"bare CPU µs"
+		],
 		rows: cells.map(({ cell }) => {
 			const l = medianOf(results, cell, "lattice");
 			const b = medianOf(results, cell, "bare");
+			const f = medianOf(results, cell, "nats");
 			return [
 				cell,
 				fmtInt(l.rate),
 				fmtInt(b.rate),
 				fmtRatio(pairedRatio(results, "rate", { cell, system: "lattice" }, { cell, system: "bare" })),
+				fmtInt(f.rate),
+				fmtRatio(pairedRatio(results, "rate", { cell, system: "bare" }, { cell, system: "nats" })),
 				fmtMs(l.p50),
 				fmtMs(b.p50),
 				fmtMs(l.p99),
@@ -95,7 +113,10 @@ function closedTable(cells: CellPlan[], results: SuiteResult["cells"]): Table {
 				fmtFixed(cpuPerCall(b))
 			];
 		}),
-		notes: ["Errors in any cell are listed in results.json (field errors); nats-server's own CPU is not included."]
+		notes: [
+			"Errors in any cell are listed in results.json (field errors); nats-server's own CPU is not included.",
+			"NATS floor: request/reply straight on nats.js with the same JSON and NATS, no framework (test/bench/roles/nats-floor.ts)."
+		]
 	};
 }
 
