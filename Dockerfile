@@ -17,7 +17,10 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 # Production dependencies only. Dev dependencies include `node` itself (the toolchain's own Node 24): the
 # base image provides Node here. No runtime dependency has an install script, so none is run.
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+# Optional ones are left out too: sodium-native ships prebuilt libsodium for glibc only, so on Alpine (musl) it
+# cannot load and would be 18 MB of dead weight; packets are then sealed with AES-256-GCM through Node's OpenSSL,
+# which every node opens (README, "Between nodes"). A glibc base image with optional dependencies gets libsodium.
+RUN npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
 FROM ${NODE_IMAGE}
 # tini as PID 1. The kernel gives PID 1 no default signal actions: a node process there ignores SIGTERM until

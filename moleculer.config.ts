@@ -234,7 +234,9 @@ function packetProtectionFrom(env: Env, clustered: boolean, production: boolean,
 					previous: previous ? parseClusterKey(previous, "LATTICE_CLUSTER_KEY_PREVIOUS") : null
 				}
 			: null,
-		cipher: oneOf(env, "LATTICE_CLUSTER_CIPHER", CIPHERS, "aes-256-gcm"),
+		// Unset: the seal picks ChaCha20-Poly1305 when libsodium loads, else AES-256-GCM (lib/packet-seal.ts), and the
+		// addon is only loaded on nodes that seal.
+		cipher: env.LATTICE_CLUSTER_CIPHER?.trim() ? oneOf(env, "LATTICE_CLUSTER_CIPHER", CIPHERS, "aes-256-gcm") : undefined,
 		maxSkewMs: int(env, "LATTICE_CLUSTER_MAX_SKEW", 30, 1, 3600) * 1000,
 		registry
 	});

@@ -6,6 +6,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ServiceBroker, type BrokerOptions, type Context } from "moleculer";
 import { buildConfig } from "../../moleculer.config.ts";
+import { defaultCipher, sodium } from "../../lib/packet-seal.ts";
 import { TEST_CLUSTER_KEY, uniqueNamespace } from "../support/cluster.ts";
 import { startNatsServer, type NatsServer } from "../support/processes.ts";
 
@@ -187,10 +188,15 @@ async function orchestrate(rounds: number, seconds: number): Promise<void> {
 		}
 	}
 	const base = median(systems[0]!.rates);
+	const label = (mode: Mode) => {
+		if (mode !== "aes-256-gcm" && mode !== "chacha20-poly1305") return mode;
+		const how = mode === "chacha20-poly1305" && sodium() ? "libsodium" : "node:crypto";
+		return `${mode} (${how}${mode === defaultCipher() ? ", the default" : ""})`;
+	};
 	out(`\n| system | calls/s (median) | vs unprotected | client+server CPU µs/call |\n|---|---|---|---|\n`);
 	for (const s of systems) {
 		const rate = median(s.rates);
-		out(`| ${s.mode} | ${Math.round(rate)} | ${(((rate - base) / base) * 100).toFixed(1)}% | ${median(s.cpu).toFixed(1)} |\n`);
+		out(`| ${label(s.mode)} | ${Math.round(rate)} | ${(((rate - base) / base) * 100).toFixed(1)}% | ${median(s.cpu).toFixed(1)} |\n`);
 	}
 	await Promise.all(
 		systems

@@ -290,15 +290,15 @@ interface LockPackage {
 /**
  * What `npm ci --omit=dev` puts in node_modules, taken from the repository's own install: the lockfile says
  * which packages are production ones and where they live; dev-only packages (and their binaries, such as
- * the `node` devDependency's) are left out, as in the image.
+ * the `node` devDependency's) are left out, as in the image, and optional ones too with `--omit=optional`.
  */
-export function copyProductionModules(dest: string): string[] {
+export function copyProductionModules(dest: string, omitOptional = false): string[] {
 	const lock = JSON.parse(readFileSync(path.join(ROOT, "package-lock.json"), "utf8")) as {
 		packages: Record<string, LockPackage>;
 	};
 	const copied: string[] = [];
 	for (const [key, meta] of Object.entries(lock.packages)) {
-		if (!key.startsWith("node_modules/") || meta.dev) continue;
+		if (!key.startsWith("node_modules/") || meta.dev || (omitOptional && meta.optional)) continue;
 		const src = path.join(ROOT, key);
 		if (!existsSync(src)) {
 			if (meta.optional) continue; // another platform's optional binary
@@ -382,12 +382,12 @@ export function stageImage(df: Dockerfile, baseEnv: Record<string, string>): Sta
 		if (instr.flags.from) {
 			const from = df.stages.find(s => s.name === instr.flags.from);
 			const fromWorkdir = from?.instructions.find(i => i.keyword === "WORKDIR")?.args[0];
-			const installs = from?.instructions.some(i => i.keyword === "RUN" && /npm ci\b.*--omit=dev/.test(i.raw));
-			if (!from || !installs || srcs.length !== 1 || srcs[0] !== `${fromWorkdir}/node_modules`) {
+			const install = from?.instructions.find(i => i.keyword === "RUN" && /npm ci\b.*--omit=dev/.test(i.raw));
+			if (!from || !install || srcs.length !== 1 || srcs[0] !== `${fromWorkdir}/node_modules`) {
 				throw new Error(`Unsupported COPY --from: ${instr.raw} (only <deps WORKDIR>/node_modules after npm ci --omit=dev)`);
 			}
 			if (path.basename(target) !== "node_modules") throw new Error(`COPY --from must target node_modules: ${instr.raw}`);
-			copyProductionModules(path.dirname(target));
+			copyProductionModules(path.dirname(target), /--omit=optional\b/.test(install.raw));
 			continue;
 		}
 		const files = buildContext(ignore);

@@ -10,8 +10,10 @@ import {
 	ReplayGuard,
 	ScopeKind,
 	TAG_BYTES,
+	defaultCipher,
 	parseClusterKey,
 	scopeBytes,
+	sodium,
 	type OpenResult
 } from "../../../lib/packet-seal.ts";
 
@@ -41,6 +43,52 @@ for (const cipher of CIPHERS) {
 	});
 }
 
+// sodium-native is an optional dependency: where it does not load, the libsodium cases have nothing to check.
+const noSodium = sodium() ? false : "sodium-native does not load here";
+
+test("ChaCha20-Poly1305 through libsodium and through node:crypto open each other's packets", { skip: noSodium }, () => {
+	const viaSodium = new PacketSeal({ keys: { current: KEY_A }, cipher: "chacha20-poly1305" });
+	const viaNode = new PacketSeal({ keys: { current: KEY_A }, cipher: "chacha20-poly1305", useSodium: false });
+	for (const [from, to] of [
+		[viaSodium, viaNode],
+		[viaNode, viaSodium]
+	] as const) {
+		for (const data of [DATA, Buffer.alloc(1, 7), crypto.randomBytes(70_000)]) {
+			const r = to.open(from.seal(SCOPE, ScopeKind.targeted, data), only(SCOPE));
+			assert.ok(r.ok, reason(r));
+			assert.deepEqual(r.data, data);
+		}
+	}
+});
+
+test("libsodium opens into the buffer it is given when it fits, and into a new one when it does not", { skip: noSodium }, () => {
+	const sender = new PacketSeal({ keys: { current: KEY_A }, cipher: "chacha20-poly1305" });
+	const receiver = new PacketSeal({ keys: { current: KEY_A } });
+	const into = Buffer.alloc(DATA.length + 10);
+	const fits = receiver.open(sender.seal(SCOPE, ScopeKind.targeted, DATA), only(SCOPE), into);
+	assert.ok(fits.ok);
+	assert.deepEqual(fits.data, DATA);
+	assert.equal(fits.data.buffer, into.buffer);
+	const small = Buffer.alloc(DATA.length - 1);
+	const tooSmall = receiver.open(sender.seal(SCOPE, ScopeKind.targeted, DATA), only(SCOPE), small);
+	assert.ok(tooSmall.ok);
+	assert.deepEqual(tooSmall.data, DATA);
+	assert.notEqual(tooSmall.data.buffer, small.buffer);
+	// A forgery leaves nothing readable in the buffer: libsodium checks the tag before it writes.
+	const forged = sender.seal(SCOPE, ScopeKind.targeted, DATA);
+	forged[forged.length - 1]! ^= 1;
+	into.fill(0);
+	assert.equal(reason(receiver.open(forged, only(SCOPE), into)), "forged");
+	assert.ok(into.every(b => b === 0));
+});
+
+test("without a cipher named, a node seals with ChaCha20-Poly1305 when libsodium loads, else AES-256-GCM", () => {
+	const sealed = new PacketSeal({ keys: { current: KEY_A } }).seal(SCOPE, ScopeKind.targeted, DATA);
+	assert.equal(defaultCipher(), sodium() ? "chacha20-poly1305" : "aes-256-gcm");
+	assert.equal(sealed[0], defaultCipher() === "chacha20-poly1305" ? 0xa2 : 0xa1);
+	assert.equal(new PacketSeal({ keys: { current: KEY_A }, useSodium: false }).seal(SCOPE, ScopeKind.targeted, DATA)[0], 0xa1);
+});
+
 test("a packet moved to another node, packet type, namespace or scope kind does not open", () => {
 	const sender = new PacketSeal({ keys: { current: KEY_A } });
 	const receiver = new PacketSeal({ keys: { current: KEY_A } });
@@ -53,20 +101,27 @@ test("a packet moved to another node, packet type, namespace or scope kind does 
 	assert.equal(reason(receiver.open(broadcast, only(SCOPE))), "forged");
 });
 
-test("flipping any single byte of header, ciphertext or tag is caught", () => {
-	const sender = new PacketSeal({ keys: { current: KEY_A } });
-	const receiver = new PacketSeal({ keys: { current: KEY_A } });
-	const sealed = sender.seal(SCOPE, ScopeKind.targeted, DATA);
-	const outcomes = new Set<string>();
-	for (let i = 0; i < sealed.length; i++) {
-		const copy = Buffer.from(sealed);
-		copy[i]! ^= 0x01;
-		const r = receiver.open(copy, only(SCOPE));
-		assert.ok(!r.ok, `byte ${i} flipped still opened`);
-		outcomes.add(r.reason);
+for (const [backend, useSodium] of [
+	["node:crypto", false],
+	["libsodium", true]
+] as const) {
+	for (const cipher of CIPHERS) {
+		test(`${cipher} through ${backend}: flipping any single byte of header, ciphertext or tag is caught`, { skip: useSodium && noSodium }, () => {
+			const sender = new PacketSeal({ keys: { current: KEY_A }, cipher, useSodium });
+			const receiver = new PacketSeal({ keys: { current: KEY_A }, useSodium });
+			const sealed = sender.seal(SCOPE, ScopeKind.targeted, DATA);
+			const outcomes = new Set<string>();
+			for (let i = 0; i < sealed.length; i++) {
+				const copy = Buffer.from(sealed);
+				copy[i]! ^= 0x01;
+				const r = receiver.open(copy, only(SCOPE));
+				assert.ok(!r.ok, `byte ${i} flipped still opened`);
+				outcomes.add(r.reason);
+			}
+			assert.ok(outcomes.has("forged"));
+		});
 	}
-	assert.ok(outcomes.has("forged"));
-});
+}
 
 test("the same packet is accepted once; a copy is refused as replayed", () => {
 	const sender = new PacketSeal({ keys: { current: KEY_A } });
