@@ -17,7 +17,7 @@ import { imageConfig, listFiles, othersCanRun, readDockerfile, stageImage, words
 const df: Dockerfile = readDockerfile();
 /** What the base image contributes: its PATH, with this toolchain's Node 24 where the image has its own. */
 const BASE_ENV = { PATH: `${path.dirname(process.execPath)}:/usr/local/bin:/usr/bin:/bin` };
-const TINI = ["/sbin/tini", "--"];
+const TINI = ["/usr/bin/tini", "--"];
 
 /** The image's USER, when this test can switch to it (as root, with Node reachable by that user). */
 function userIds(image: StagedImage): { uid?: number; gid?: number } {
