@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { ServiceBroker, type Context } from "moleculer";
 import { Registry } from "prom-client";
 import { pinoLoggerConfig } from "../../../lib/logger.ts";
+import { sodium } from "../../../lib/packet-seal.ts";
 import { PacketProtectionMiddleware } from "../../../middlewares/packet-protection.middleware.ts";
 import { metricValue, uniqueNamespace } from "../../support/cluster.ts";
 import { waitFor } from "../../support/processes.ts";
@@ -29,15 +30,27 @@ function logCapture() {
 	return { lines, logger: pinoLoggerConfig({ level: "info", destination: { write: (s: string) => void lines.push(s) } }) };
 }
 
-function node(namespace: string, nodeID: string, opts: { key?: Buffer | null; registry?: Registry; logger?: unknown } = {}) {
+type Receive = (cmd: string, data: Buffer, s?: unknown) => unknown;
+
+function node(
+	namespace: string,
+	nodeID: string,
+	opts: { key?: Buffer | null; registry?: Registry; logger?: unknown; serializer?: "JSON" | "JSONExt"; opened?: Buffer[] } = {}
+) {
 	const registry = opts.registry ?? new Registry();
 	const key = opts.key === undefined ? KEY : opts.key;
+	// Next after protection on the receive side: sees each packet as it was opened.
+	const probe: { name: string; [hook: string]: unknown } = {
+		name: "OpenedProbe",
+		transporterReceive: (next: Receive): Receive => (cmd, data, s) => (opts.opened?.push(data), next(cmd, data, s))
+	};
 	const broker = new ServiceBroker({
 		namespace,
 		nodeID,
 		transporter: "Fake",
+		serializer: opts.serializer ?? "JSON",
 		logger: (opts.logger ?? false) as false,
-		middlewares: [PacketProtectionMiddleware({ keys: key ? { current: key } : null, registry, logIntervalMs: 60_000 })]
+		middlewares: [PacketProtectionMiddleware({ keys: key ? { current: key } : null, registry, logIntervalMs: 60_000 }), probe]
 	});
 	return { broker, registry };
 }
@@ -147,3 +160,30 @@ test("nodes with different keys do not talk; the receiver counts unknown_key", a
 		await Promise.all([a.broker.stop(), other.broker.stop()]);
 	}
 });
+
+for (const serializer of ["JSON", "JSONExt"] as const) {
+	test(`${serializer}: opened packets ${serializer === "JSON" ? "share one reused buffer" : "each get their own buffer"}, and every call is answered intact`, { skip: sodium() ? false : "sodium-native does not load here" }, async () => {
+		const ns = uniqueNamespace("pp");
+		const opened: Buffer[] = [];
+		const a = node(ns, "a", { serializer });
+		const b = node(ns, "b", { serializer, opened });
+		a.broker.createService({ name: "echo", actions: { say: (ctx: Context<{ n: number; pad: string }>) => ctx.params } });
+		try {
+			await Promise.all([a.broker.start(), b.broker.start()]);
+			await b.broker.waitForServices("echo", 2000);
+			opened.length = 0;
+			const pad = "x".repeat(500);
+			const replies = await Promise.all(Array.from({ length: 20 }, (_, n) => b.broker.call("echo.say", { n, pad })));
+			assert.deepEqual(replies, Array.from({ length: 20 }, (_, n) => ({ n, pad })));
+			assert.ok(opened.length >= 2, `${opened.length} packets opened`);
+			// Where each opened packet lives: which ArrayBuffer (numbered) and at what offset.
+			const ids = new Map<ArrayBufferLike, number>();
+			const places = new Set(opened.map(d => `${ids.get(d.buffer) ?? ids.set(d.buffer, ids.size).size - 1}@${d.byteOffset}`));
+			// JSON copies every packet into fresh strings before the next one opens; JSONExt is not trusted to.
+			if (serializer === "JSON") assert.deepEqual([...places], ["0@0"]);
+			else assert.equal(places.size, opened.length);
+		} finally {
+			await Promise.all([a.broker.stop(), b.broker.stop()]);
+		}
+	});
+}
