@@ -13,10 +13,10 @@ import { median } from "./stats.ts";
 /**
  * What tracing and metrics cost: calls/s of the same trivial action with metrics on and off, and tracing off,
  * ids only (Lattice's default without an exporter), sampled at 10 % and at 100 % and exported over OTLP/HTTP to
- * a sink in this process. Every variant is measured in the same run, interleaved round by round, on two paths:
- * a remote call over NATS (server in a child process, client here) and a local call in one broker. The broker is
- * Lattice's full config; only the two middlewares change. Moleculer's own tracer at 10 % (no exporter) is a
- * reference row on the local path.
+ * a sink in a process of its own, as a collector would be. Every variant is measured in the same run, interleaved
+ * round by round, on two paths: a remote call over NATS (server in a child process, client here) and a local call
+ * in one broker. The broker is Lattice's full config; only the two middlewares change. Moleculer's own tracer at
+ * 10 % (no exporter) is a reference row on the local path.
  *
  * Each variant first runs unmeasured for --warmup-ms: V8 keeps optimizing these paths for seconds, and a short
  * warm-up leaves the first rounds measuring the JIT rather than the middlewares.
@@ -104,8 +104,11 @@ async function closedLoop(broker: ServiceBroker, concurrency: number, ms: number
 	return { callsPerS: (calls * 1000) / elapsed, cpuUsPerCall: cpu / calls };
 }
 
-/** Accepts OTLP/HTTP posts and throws the bodies away, as a collector on another machine would cost us nothing. */
-async function startSink(): Promise<{ url: string; bytes: () => number; close(): Promise<void> }> {
+/**
+ * The collector: accepts OTLP/HTTP posts and throws the bodies away. It runs in a process of its own, as a collector
+ * does, so the CPU it spends receiving spans is not counted as the traced nodes' (it still shares the machine's cores).
+ */
+function sinkRole(): void {
 	let bytes = 0;
 	const server = http.createServer((req, res) => {
 		req.on("data", (b: Buffer) => (bytes += b.length));
@@ -116,11 +119,32 @@ async function startSink(): Promise<{ url: string; bytes: () => number; close():
 			res.end(protobuf ? undefined : "{}");
 		});
 	});
-	await new Promise<void>(r => server.listen(0, "127.0.0.1", r));
+	server.listen(0, "127.0.0.1", () => process.send!(`http://127.0.0.1:${(server.address() as AddressInfo).port}`));
+	process.on("message", m => {
+		if (m === "bytes") process.send!(bytes);
+		else server.close(() => process.exit(0));
+	});
+	process.on("disconnect", () => process.exit(0));
+}
+
+async function startSink(): Promise<{ url: string; bytes: () => Promise<number>; close(): Promise<void> }> {
+	const proc = fork(fileURLToPath(import.meta.url), ["--sink"], { execPath: process.execPath, stdio: ["ignore", "inherit", "inherit", "ipc"] });
+	const url = await new Promise<string>((resolve, reject) => {
+		proc.once("message", m => resolve(String(m)));
+		proc.once("exit", code => reject(new Error(`OTLP sink exited with ${code}`)));
+	});
 	return {
-		url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-		bytes: () => bytes,
-		close: () => new Promise(r => server.close(() => r()))
+		url,
+		bytes: () =>
+			new Promise(r => {
+				proc.once("message", m => r(Number(m)));
+				proc.send("bytes");
+			}),
+		close: () =>
+			new Promise(r => {
+				proc.once("exit", () => r());
+				proc.send("stop");
+			})
 	};
 }
 
@@ -272,10 +296,11 @@ async function main(): Promise<void> {
 			`  measured: ${callsLoss.toFixed(1)} % fewer calls/s → ${callsLoss <= 10 ? "met" : "NOT met"}\n` +
 			`  from CPU per call (${pct(cpuRatio)}): ${predicted.toFixed(1)} % fewer calls/s → ${predicted <= 10 ? "met" : "NOT met"}\n` +
 			`  load average now: ${os.loadavg().map(n => n.toFixed(2)).join(" ")} (other work on the machine makes calls/s noisy)\n` +
-			`OTLP bytes received by the sink: ${sink.bytes()}\n`
+			`OTLP bytes received by the sink: ${await sink.bytes()}\n`
 	);
 	await sink.close();
 }
 
 if (process.argv[2] === "--server") await serverRole(JSON.parse(process.argv[3]!));
+else if (process.argv[2] === "--sink") sinkRole();
 else await main();
