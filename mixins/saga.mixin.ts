@@ -107,6 +107,9 @@ export function SagaMixin(opts: SagaMixinOptions): Partial<ServiceSchema> {
 					if (this.sagaStopping) return;
 					const n = await this.recoverSagas();
 					if (n > 0) this.logger.info(`Took up ${n} unfinished saga(s)`);
+					// A stop that came during the recovery has already cleared the (then missing) timer: starting the sweep
+					// now would leave it running after the service, and keep the process alive.
+					if (this.sagaStopping) return;
 					this.sagaTimer = setInterval(() => void this.recoverSagas().catch(err => this.logger.warn("Saga sweep failed", err)), sweepInterval);
 				})().catch(err => this.logger.warn("Saga recovery failed", err))
 			);
