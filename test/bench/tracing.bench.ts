@@ -127,25 +127,38 @@ function sinkRole(): void {
 	process.on("disconnect", () => process.exit(0));
 }
 
-async function startSink(): Promise<{ url: string; bytes: () => Promise<number>; close(): Promise<void> }> {
-	const proc = fork(fileURLToPath(import.meta.url), ["--sink"], { execPath: process.execPath, stdio: ["ignore", "inherit", "inherit", "ipc"] });
-	const url = await new Promise<string>((resolve, reject) => {
-		proc.once("message", m => resolve(String(m)));
-		proc.once("exit", code => reject(new Error(`OTLP sink exited with ${code}`)));
-	});
+/** A child process running this file in another role: `ask` sends a word and reads the number it answers. */
+interface Child {
+	/** The child's first message (sent once it is ready). */
+	ready: Promise<unknown>;
+	ask(word: string): Promise<number>;
+	stop(): Promise<void>;
+}
+
+function forkRole(args: string[], what: string): Child {
+	const proc: ChildProcess = fork(fileURLToPath(import.meta.url), args, { execPath: process.execPath, stdio: ["ignore", "inherit", "inherit", "ipc"] });
 	return {
-		url,
-		bytes: () =>
+		ready: new Promise((resolve, reject) => {
+			proc.once("message", resolve);
+			proc.once("exit", code => reject(new Error(`${what} exited with ${code}`)));
+		}),
+		ask: word =>
 			new Promise(r => {
 				proc.once("message", m => r(Number(m)));
-				proc.send("bytes");
+				proc.send(word);
 			}),
-		close: () =>
+		stop: () =>
 			new Promise(r => {
 				proc.once("exit", () => r());
 				proc.send("stop");
 			})
 	};
+}
+
+async function startSink(): Promise<{ url: string; bytes: () => Promise<number>; close(): Promise<void> }> {
+	const child = forkRole(["--sink"], "OTLP sink");
+	const url = String(await child.ready);
+	return { url, bytes: () => child.ask("bytes"), close: () => child.stop() };
 }
 
 interface ServerChild {
@@ -154,28 +167,10 @@ interface ServerChild {
 	stop(): Promise<void>;
 }
 
-function startServer(v: Variant, nodeID: string, namespace: string, sink: string): Promise<ServerChild> {
-	const proc: ChildProcess = fork(fileURLToPath(import.meta.url), ["--server", JSON.stringify({ v, nodeID, namespace, sink })], {
-		execPath: process.execPath,
-		stdio: ["ignore", "inherit", "inherit", "ipc"]
-	});
-	return new Promise((resolve, reject) => {
-		proc.once("message", () =>
-			resolve({
-				cpu: () =>
-					new Promise(r => {
-						proc.once("message", m => r(Number(m)));
-						proc.send("cpu");
-					}),
-				stop: () =>
-					new Promise(r => {
-						proc.once("exit", () => r());
-						proc.send("stop");
-					})
-			})
-		);
-		proc.once("exit", code => reject(new Error(`server for '${v.name}' exited with ${code}`)));
-	});
+async function startServer(v: Variant, nodeID: string, namespace: string, sink: string): Promise<ServerChild> {
+	const child = forkRole(["--server", JSON.stringify({ v, nodeID, namespace, sink })], `server for '${v.name}'`);
+	await child.ready;
+	return { cpu: () => child.ask("cpu"), stop: () => child.stop() };
 }
 
 function cpuMicros(): number {
