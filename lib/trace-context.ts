@@ -124,9 +124,11 @@ export function activeSpan(): ActiveSpan | undefined {
 	return storage.getStore();
 }
 
-/** Runs `fn` with `span` active, for it and everything it schedules. */
-export function runWithSpan<A extends unknown[], R>(span: ActiveSpan, fn: (...args: A) => R, ...args: A): R {
-	return storage.run(span, fn, ...args);
+/** Runs `fn` with `span` active, for it and everything it schedules. One argument at most: it runs per handled call. */
+export function runWithSpan<R>(span: ActiveSpan, fn: () => R): R;
+export function runWithSpan<A, R>(span: ActiveSpan, fn: (arg: A) => R, arg: A): R;
+export function runWithSpan<A, R>(span: ActiveSpan, fn: (arg?: A) => R, arg?: A): R {
+	return storage.run(span, fn, arg);
 }
 
 /**
