@@ -3,6 +3,7 @@ import type { BrokerOptions } from "moleculer";
 import { Registry } from "prom-client";
 import { configError, ErrorType } from "./lib/errors.ts";
 import { originMatcher, trustedProxies } from "./lib/http-security.ts";
+import { JSONSerializer } from "./lib/json.serializer.ts";
 import { defaultJwtSettings, jwtKeys, type JwtSettings } from "./lib/jwt-keys.ts";
 import { LocalityStrategy } from "./lib/locality.strategy.ts";
 import { pinoLoggerConfig } from "./lib/logger.ts";
@@ -416,7 +417,7 @@ export function buildConfig(env: Env): LatticeConfig {
 		metadata: { ...topology, ...(version ? { version } : {}) },
 		transporter: transporter as BrokerOptions["transporter"],
 		cacher: cacherFrom(env, namespace, metrics),
-		serializer: "JSON",
+		serializer: new JSONSerializer(),
 		logger: pinoLoggerConfig({ level: logLevel, pretty: !production }),
 		logLevel,
 

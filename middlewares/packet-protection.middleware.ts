@@ -1,4 +1,5 @@
-import { Serializers, type Logger, type ServiceBroker } from "moleculer";
+import type { Logger, ServiceBroker } from "moleculer";
+import { copiesOutOfBuffer } from "../lib/json.serializer.ts";
 import { Counter, type Registry } from "prom-client";
 import {
 	PacketSeal,
@@ -147,7 +148,7 @@ export function PacketProtectionMiddleware(opts: PacketProtectionOptions): Packe
 			broker = b;
 			logger = b.getLogger("packet-protection");
 			if (!b.transit) return;
-			if (b.serializer?.constructor === Serializers.JSON) scratch = Buffer.allocUnsafeSlow(64 * 1024);
+			if (copiesOutOfBuffer(b.serializer)) scratch = Buffer.allocUnsafeSlow(64 * 1024);
 			logger.info(
 				`Cluster packets sealed with ${seal.sealingWith}` +
 					(opts.keys?.previous ? "; the previous key is still accepted (rollover)" : "")

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ServiceBroker, type Context } from "moleculer";
 import { Registry } from "prom-client";
+import { JSONSerializer } from "../../../lib/json.serializer.ts";
 import { pinoLoggerConfig } from "../../../lib/logger.ts";
 import { sodium } from "../../../lib/packet-seal.ts";
 import { PacketProtectionMiddleware } from "../../../middlewares/packet-protection.middleware.ts";
@@ -31,11 +32,13 @@ function logCapture() {
 }
 
 type Receive = (cmd: string, data: Buffer, s?: unknown) => unknown;
+/** Moleculer's two JSON serializers, and Lattice's (lib/json.serializer.ts). */
+type Serializer = "JSON" | "JSONExt" | "Lattice JSON";
 
 function node(
 	namespace: string,
 	nodeID: string,
-	opts: { key?: Buffer | null; registry?: Registry; logger?: unknown; serializer?: "JSON" | "JSONExt"; opened?: Buffer[] } = {}
+	opts: { key?: Buffer | null; registry?: Registry; logger?: unknown; serializer?: Serializer; opened?: Buffer[] } = {}
 ) {
 	const registry = opts.registry ?? new Registry();
 	const key = opts.key === undefined ? KEY : opts.key;
@@ -48,7 +51,7 @@ function node(
 		namespace,
 		nodeID,
 		transporter: "Fake",
-		serializer: opts.serializer ?? "JSON",
+		serializer: opts.serializer === "Lattice JSON" ? new JSONSerializer() : (opts.serializer ?? "JSON"),
 		logger: (opts.logger ?? false) as false,
 		middlewares: [PacketProtectionMiddleware({ keys: key ? { current: key } : null, registry, logIntervalMs: 60_000 }), probe]
 	});
@@ -161,8 +164,9 @@ test("nodes with different keys do not talk; the receiver counts unknown_key", a
 	}
 });
 
-for (const serializer of ["JSON", "JSONExt"] as const) {
-	test(`${serializer}: opened packets ${serializer === "JSON" ? "share one reused buffer" : "each get their own buffer"}, and every call is answered intact`, { skip: sodium() ? false : "sodium-native does not load here" }, async () => {
+for (const serializer of ["JSON", "Lattice JSON", "JSONExt"] as const) {
+	const reused = serializer !== "JSONExt";
+	test(`${serializer}: opened packets ${reused ? "share one reused buffer" : "each get their own buffer"}, and every call is answered intact`, { skip: sodium() ? false : "sodium-native does not load here" }, async () => {
 		const ns = uniqueNamespace("pp");
 		const opened: Buffer[] = [];
 		const a = node(ns, "a", { serializer });
@@ -179,8 +183,8 @@ for (const serializer of ["JSON", "JSONExt"] as const) {
 			// Where each opened packet lives: which ArrayBuffer (numbered) and at what offset.
 			const ids = new Map<ArrayBufferLike, number>();
 			const places = new Set(opened.map(d => `${ids.get(d.buffer) ?? ids.set(d.buffer, ids.size).size - 1}@${d.byteOffset}`));
-			// JSON copies every packet into fresh strings before the next one opens; JSONExt is not trusted to.
-			if (serializer === "JSON") assert.deepEqual([...places], ["0@0"]);
+			// The JSON serializers copy every packet into fresh strings before the next one opens; JSONExt is not trusted to.
+			if (reused) assert.deepEqual([...places], ["0@0"]);
 			else assert.equal(places.size, opened.length);
 		} finally {
 			await Promise.all([a.broker.stop(), b.broker.stop()]);
