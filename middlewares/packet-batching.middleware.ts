@@ -125,7 +125,7 @@ export function PacketBatchingMiddleware(opts: PacketBatchingOptions = {}): { na
 
 		transporterSend(next: Send): Send {
 			if (!enabled) return next;
-			const pending = new Map<string, Pending>();
+			let pending = new Map<string, Pending>();
 			let scheduled = false;
 			// When the layer below is done with a frame as soon as it returns (packet protection seals it into an
 			// envelope), every frame is written into this one buffer instead of a new one: under load that is a
@@ -150,8 +150,14 @@ export function PacketBatchingMiddleware(opts: PacketBatchingOptions = {}): { na
 
 			function flush(): void {
 				scheduled = false;
-				for (const b of pending.values()) emit(b);
-				pending.clear();
+				// A fresh Map, not clear(). Once a Map's table has reached the old generation (e.g. over an idle
+				// spell), V8's clear() allocates the next table there too, and a cleared table keeps its entries
+				// and a link to its successor: every batch's packets were then reachable from old-space garbage,
+				// survived each scavenge and were promoted. Measured at 1 KiB payloads: ~300 KB promoted a
+				// scavenge and 20-36 mark-compacts in 8 s instead of 2, 20-25 % fewer calls, in some runs only.
+				const due = pending;
+				pending = new Map();
+				for (const b of due.values()) emit(b);
 			}
 
 			return (topic, data, meta) => {
