@@ -237,10 +237,11 @@ const NO_EVENTS: TimedEvent[] = [];
 const NO_LINKS: Link[] = [];
 
 /**
- * A finished span as OpenTelemetry's processors and exporters read it. One object per span, holding what it
- * reads and making the rest (span context, HrTimes) when read: the object graph OpenTelemetry's own spans carry
- * was, measured in the serving process, a sixth of a sampled span's cost. The `Span` itself is not handed over:
- * it keeps the Moleculer context, which the export queue would then hold for seconds.
+ * A finished span as OpenTelemetry's processors and exporters read it: one object holding what they read, making
+ * the span context and HrTimes only when read. Building that graph eagerly (a context and its closure, a parent
+ * context, three HrTimes, the record) showed as about 1.4 of a sampled span's ~10 µs in a profile of a serving
+ * process. The `Span` itself is not handed over: it keeps the Moleculer context, which the export queue would then
+ * hold until its batch leaves.
  */
 class ExportedSpan implements ReadableSpan {
 	readonly name: string;
