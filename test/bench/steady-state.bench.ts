@@ -7,7 +7,7 @@ import { NATS_URL, uniqueNamespace } from "../support/cluster.ts";
 import { KIB_PAYLOAD, SMALL_PAYLOAD } from "./payloads.ts";
 import { benchService } from "./roles/bench.service.ts";
 import { brokerOptions } from "./systems.ts";
-import type { BrokerSpec, LatticeFeature } from "./protocol.ts";
+import { BROKER_OPTION_FEATURES, type BrokerSpec, type LatticeFeature } from "./protocol.ts";
 
 /**
  * Long closed-loop runs, one system at a time, reporting what a 2 s interleaved cell cannot show: where the CPU
@@ -34,7 +34,7 @@ interface ServerStats {
 function specOf(system: string, namespace: string, role: string): BrokerSpec {
 	const [kind, ...off] = system.split("-");
 	if (kind !== "lattice" && kind !== "bare") throw new Error(`unknown system '${system}'`);
-	const options = new Set<string>(["requestTimeout", "bulkhead", "circuitBreaker", "tracking", "logger"]);
+	const options = new Set<string>(BROKER_OPTION_FEATURES);
 	const without = off.map(f => (options.has(f) ? f : `middleware:${f}`) as LatticeFeature);
 	return { kind, namespace, nodeID: `${namespace}-${role}`, transporter: NATS_URL, without };
 }

@@ -1,11 +1,10 @@
 import { interleave, type CellPlan } from "../interleave.ts";
 import { PAYLOADS } from "../payloads.ts";
-import type { LatticeFeature } from "../protocol.ts";
+import { BROKER_OPTION_FEATURES, type LatticeFeature } from "../protocol.ts";
 import { measure, startRemoteSystem, warmUp, type RemoteSystem, type SystemSpec } from "../remote.ts";
 import { fmtFixed, fmtInt, fmtMs, fmtRatio, type Table } from "../table.ts";
 import { medianOf, pairedRatio, type Suite, type SuiteContext, type SuiteResult } from "./suite.ts";
 
-const OPTIONS: LatticeFeature[] = ["requestTimeout", "bulkhead", "circuitBreaker", "tracking", "logger"];
 /** Lifecycle-only middlewares: nothing per call to measure. */
 const NOT_PER_CALL = new Set(["OpsServer"]);
 const CONCURRENCY = [16, 64];
@@ -16,7 +15,7 @@ async function features(natsUrl: string): Promise<LatticeFeature[]> {
 	const { brokerOptions, latticeMiddlewareNames } = await import("../systems.ts");
 	const options = brokerOptions({ kind: "lattice", namespace: "probe", nodeID: "probe", transporter: natsUrl });
 	const middlewares = latticeMiddlewareNames(options).filter(n => !NOT_PER_CALL.has(n));
-	return [...middlewares.map((n): LatticeFeature => `middleware:${n}`), ...OPTIONS];
+	return [...middlewares.map((n): LatticeFeature => `middleware:${n}`), ...BROKER_OPTION_FEATURES];
 }
 
 /**
