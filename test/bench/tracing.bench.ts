@@ -3,6 +3,7 @@ import http from "node:http";
 import os from "node:os";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
+import { PerformanceObserver, constants as perf } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { ServiceBroker, type BrokerOptions, type Middleware } from "moleculer";
 import { buildConfig } from "../../moleculer.config.ts";
@@ -82,8 +83,15 @@ const PARAMS = { id: 42, name: "Espresso beans", qty: 2 };
 
 interface Cell {
 	callsPerS: number;
+	seconds: number;
 	/** CPU of every process involved (this one and, remote, the server), per call. */
 	cpuUsPerCall: number;
+	/** Remote only, per call: the server process's CPU, and of it the server's main thread (V8's helper threads and
+	 * libuv's pool are the rest). What is left of cpuUsPerCall is the client's. */
+	serverUsPerCall?: number;
+	serverMainUsPerCall?: number;
+	/** Remote only: the server's mark-compacts during the cell. */
+	serverMajorGcs?: number;
 }
 
 /** Closed loop: `concurrency` callers each call again as soon as their previous call answers. */
@@ -96,12 +104,21 @@ async function closedLoop(broker: ServiceBroker, concurrency: number, ms: number
 			calls++;
 		}
 	};
-	const cpu0 = cpuMicros() + ((await server?.cpu()) ?? 0);
+	const server0 = await server?.cpu();
+	const client0 = cpuMicros();
 	const start = performance.now();
 	await Promise.all(Array.from({ length: concurrency }, worker));
 	const elapsed = performance.now() - start;
-	const cpu = cpuMicros() + ((await server?.cpu()) ?? 0) - cpu0;
-	return { callsPerS: (calls * 1000) / elapsed, cpuUsPerCall: cpu / calls };
+	const client = cpuMicros() - client0;
+	const server1 = await server?.cpu();
+	const cell: Cell = { callsPerS: (calls * 1000) / elapsed, seconds: elapsed / 1000, cpuUsPerCall: client / calls };
+	if (server0 && server1) {
+		cell.serverUsPerCall = (server1.total - server0.total) / calls;
+		cell.serverMainUsPerCall = (server1.main - server0.main) / calls;
+		cell.serverMajorGcs = server1.majorGcs - server0.majorGcs;
+		cell.cpuUsPerCall += cell.serverUsPerCall;
+	}
+	return cell;
 }
 
 /**
@@ -162,15 +179,18 @@ async function startSink(): Promise<{ url: string; bytes: () => Promise<number>;
 }
 
 interface ServerChild {
-	/** CPU time (µs) the server process has used so far. */
-	cpu(): Promise<number>;
+	/** CPU time (µs) the server process has used so far, in all and on its main thread. */
+	cpu(): Promise<{ total: number; main: number; majorGcs: number }>;
 	stop(): Promise<void>;
 }
 
 async function startServer(v: Variant, nodeID: string, namespace: string, sink: string): Promise<ServerChild> {
 	const child = forkRole(["--server", JSON.stringify({ v, nodeID, namespace, sink })], `server for '${v.name}'`);
 	await child.ready;
-	return { cpu: () => child.ask("cpu"), stop: () => child.stop() };
+	return {
+		cpu: async () => ({ total: await child.ask("cpu"), main: await child.ask("main"), majorGcs: await child.ask("gc") }),
+		stop: () => child.stop()
+	};
 }
 
 function cpuMicros(): number {
@@ -182,9 +202,18 @@ async function serverRole(arg: { v: Variant; nodeID: string; namespace: string; 
 	const broker = new ServiceBroker(brokerOptions(arg.v, arg.nodeID, arg.namespace, arg.sink, NATS_URL));
 	broker.createService(service);
 	await broker.start();
+	let majorGcs = 0;
+	new PerformanceObserver(list => {
+		for (const e of list.getEntries()) if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perf.NODE_PERFORMANCE_GC_MAJOR) majorGcs++;
+	}).observe({ entryTypes: ["gc"] });
 	process.send!("ready");
 	process.on("message", async m => {
 		if (m === "cpu") return process.send!(cpuMicros());
+		if (m === "gc") return process.send!(majorGcs);
+		if (m === "main") {
+			const t = process.threadCpuUsage();
+			return process.send!(t.user + t.system);
+		}
 		await broker.stop();
 		process.exit(0);
 	});
@@ -215,6 +244,15 @@ function printTable(title: string, rows: Array<[string, Cell[]]>): { calls: Map<
 			`  ${name.padEnd(30)} ${Math.round(median(cells.map(c => c.callsPerS))).toString().padStart(9)} ${pct(calls.get(name)!).padStart(10)}` +
 				` ${median(cells.map(c => c.cpuUsPerCall)).toFixed(1).padStart(12)} ${pct(cpu.get(name)!).padStart(10)}  ${each}\n`
 		);
+	}
+	if (base[0]?.serverUsPerCall !== undefined) {
+		process.stdout.write(`  CPU µs per call, medians: ${"client".padStart(8)} ${"server".padStart(8)} ${"of it main thread".padStart(18)} ${"mark-compacts/s".padStart(16)}\n`);
+		for (const [name, cells] of rows) {
+			const m = (pick: (c: Cell) => number) => median(cells.map(pick)).toFixed(1);
+			process.stdout.write(
+				`  ${name.padEnd(30)} ${m(c => c.cpuUsPerCall - c.serverUsPerCall!).padStart(8)} ${m(c => c.serverUsPerCall!).padStart(8)} ${m(c => c.serverMainUsPerCall!).padStart(18)} ${m(c => c.serverMajorGcs! / c.seconds).padStart(16)}\n`
+			);
+		}
 	}
 	return { calls, cpu };
 }
