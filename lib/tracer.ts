@@ -320,11 +320,18 @@ class ExportedSpan implements ReadableSpan {
 	}
 }
 
+/** Spans waiting for the next turn beyond which recording hands them over at once (a turn that ends this many
+ * is already slow; the processor's own queue bound applies after). */
+const MAX_DEFERRED = 1024;
+
 /** Starts spans, decides sampling and hands finished sampled spans to the processor (batching exporter). */
 export class Tracer {
 	private readonly sampler: Sampler;
 	private readonly to: SpanExport | null;
 	private readonly onRecorded: (() => void) | undefined;
+	/** Ended spans not yet handed to the processor, as span, end time pairs. */
+	private ended: Array<Span | number> = [];
+	private drainTimer: NodeJS.Timeout | undefined;
 
 	constructor(opts: TracerOptions) {
 		this.sampler = opts.sampler;
@@ -346,19 +353,43 @@ export class Tracer {
 		return new Span(this, name, opts, traceId, sampled, sampled && this.to !== null);
 	}
 
+	/**
+	 * Takes an ended recording span. It reaches the processor in the next turn of the event loop, not now: a span
+	 * ends as its handler settles, before the reply is sent, and building the exported span and queueing it (and,
+	 * for every 512th, encoding a whole batch) would otherwise hold that reply and every other reply batched with
+	 * it. Measured on a server at 10 % sampling: about 0.9 µs of each call's main-thread time went to recording.
+	 */
 	record(span: Span, endMs: number): void {
 		if (!this.to) return;
-		this.to.processor.onEnd(span.toReadable(endMs, this.to));
-		this.onRecorded?.();
+		if (this.ended.push(span, endMs) >= MAX_DEFERRED * 2) this.drain();
+		else this.drainTimer ??= setTimeout(this.drain, 0).unref();
 	}
+
+	/** Hands every ended span to the processor. A timer, not setImmediate: an immediate queued as the first span
+	 * ends would run before the one that sends the batched replies. */
+	private readonly drain = (): void => {
+		if (this.drainTimer) clearTimeout(this.drainTimer);
+		this.drainTimer = undefined;
+		const ended = this.ended;
+		this.ended = [];
+		const to = this.to!;
+		for (let i = 0; i < ended.length; i += 2) {
+			to.processor.onEnd((ended[i] as Span).toReadable(ended[i + 1] as number, to));
+			this.onRecorded?.();
+		}
+	};
 
 	/** Exports what is queued; resolves (never rejects) within the processor's export timeout. */
 	async flush(): Promise<void> {
-		await this.to?.processor.forceFlush().catch(() => undefined);
+		if (!this.to) return;
+		this.drain();
+		await this.to.processor.forceFlush().catch(() => undefined);
 	}
 
 	async shutdown(): Promise<void> {
-		await this.to?.processor.shutdown().catch(() => undefined);
+		if (!this.to) return;
+		this.drain();
+		await this.to.processor.shutdown().catch(() => undefined);
 	}
 }
 

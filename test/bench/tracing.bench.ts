@@ -92,6 +92,8 @@ interface Cell {
 	serverMainUsPerCall?: number;
 	/** Remote only: the server's mark-compacts during the cell. */
 	serverMajorGcs?: number;
+	/** Remote only: NATS messages the server sent and received, per call (1 each without batching). */
+	serverMsgsPerCall?: number;
 }
 
 /** Closed loop: `concurrency` callers each call again as soon as their previous call answers. */
@@ -116,6 +118,7 @@ async function closedLoop(broker: ServiceBroker, concurrency: number, ms: number
 		cell.serverUsPerCall = (server1.total - server0.total) / calls;
 		cell.serverMainUsPerCall = (server1.main - server0.main) / calls;
 		cell.serverMajorGcs = server1.majorGcs - server0.majorGcs;
+		cell.serverMsgsPerCall = (server1.msgs - server0.msgs) / calls;
 		cell.cpuUsPerCall += cell.serverUsPerCall;
 	}
 	return cell;
@@ -180,7 +183,7 @@ async function startSink(): Promise<{ url: string; bytes: () => Promise<number>;
 
 interface ServerChild {
 	/** CPU time (µs) the server process has used so far, in all and on its main thread. */
-	cpu(): Promise<{ total: number; main: number; majorGcs: number }>;
+	cpu(): Promise<{ total: number; main: number; majorGcs: number; msgs: number }>;
 	stop(): Promise<void>;
 }
 
@@ -188,7 +191,7 @@ async function startServer(v: Variant, nodeID: string, namespace: string, sink: 
 	const child = forkRole(["--server", JSON.stringify({ v, nodeID, namespace, sink })], `server for '${v.name}'`);
 	await child.ready;
 	return {
-		cpu: async () => ({ total: await child.ask("cpu"), main: await child.ask("main"), majorGcs: await child.ask("gc") }),
+		cpu: async () => ({ total: await child.ask("cpu"), main: await child.ask("main"), majorGcs: await child.ask("gc"), msgs: await child.ask("msgs") }),
 		stop: () => child.stop()
 	};
 }
@@ -210,6 +213,10 @@ async function serverRole(arg: { v: Variant; nodeID: string; namespace: string; 
 	process.on("message", async m => {
 		if (m === "cpu") return process.send!(cpuMicros());
 		if (m === "gc") return process.send!(majorGcs);
+		if (m === "msgs") {
+			const st = (broker.transit!.tx as unknown as { client: { stats(): { inMsgs: number; outMsgs: number } } }).client.stats();
+			return process.send!(st.inMsgs + st.outMsgs);
+		}
 		if (m === "main") {
 			const t = process.threadCpuUsage();
 			return process.send!(t.user + t.system);
@@ -246,11 +253,11 @@ function printTable(title: string, rows: Array<[string, Cell[]]>): { calls: Map<
 		);
 	}
 	if (base[0]?.serverUsPerCall !== undefined) {
-		process.stdout.write(`  CPU µs per call, medians: ${"client".padStart(8)} ${"server".padStart(8)} ${"of it main thread".padStart(18)} ${"mark-compacts/s".padStart(16)}\n`);
+		process.stdout.write(`  CPU µs per call, medians: ${"client".padStart(8)} ${"server".padStart(8)} ${"of it main thread".padStart(18)} ${"mark-compacts/s".padStart(16)} ${"NATS msgs/call".padStart(15)}\n`);
 		for (const [name, cells] of rows) {
 			const m = (pick: (c: Cell) => number) => median(cells.map(pick)).toFixed(1);
 			process.stdout.write(
-				`  ${name.padEnd(30)} ${m(c => c.cpuUsPerCall - c.serverUsPerCall!).padStart(8)} ${m(c => c.serverUsPerCall!).padStart(8)} ${m(c => c.serverMainUsPerCall!).padStart(18)} ${m(c => c.serverMajorGcs! / c.seconds).padStart(16)}\n`
+				`  ${name.padEnd(30)} ${m(c => c.cpuUsPerCall - c.serverUsPerCall!).padStart(8)} ${m(c => c.serverUsPerCall!).padStart(8)} ${m(c => c.serverMainUsPerCall!).padStart(18)} ${m(c => c.serverMajorGcs! / c.seconds).padStart(16)} ${median(cells.map(c => c.serverMsgsPerCall!)).toFixed(3).padStart(15)}\n`
 			);
 		}
 	}

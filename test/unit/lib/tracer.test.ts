@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { stat } from "node:fs";
 import { ROOT_CONTEXT, SpanStatusCode } from "@opentelemetry/api";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace";
@@ -61,7 +62,7 @@ test("ratio sampling keeps about the ratio of traces, the same decision for the 
 	assert.equal(createSampler("parentbased_always_on").readsTraceId, false);
 });
 
-test("a span continues its parent's trace and trace state, and is exported with the parent link", () => {
+test("a span continues its parent's trace and trace state, and is exported with the parent link", async () => {
 	const { t, exporter } = tracer();
 	const parent = { ...SAMPLED, traceState: "rojo=1" };
 	const span = t.startSpan("orders.place", { kind: SpanKind.SERVER, parent, remote: true });
@@ -71,6 +72,7 @@ test("a span continues its parent's trace and trace state, and is exported with 
 	assert.equal(span.traceparent(), `00-${parent.traceId}-${span.spanId}-01`);
 	span.end();
 	span.end();
+	await t.flush();
 	const [out, ...rest] = exporter.getFinishedSpans();
 	assert.equal(rest.length, 0, "ending twice exports once");
 	assert.equal(out!.name, "orders.place");
@@ -85,12 +87,32 @@ test("a span continues its parent's trace and trace state, and is exported with 
 	assert.ok(s >= 0 && ns >= 0);
 });
 
-test("an unsampled span has ids but records and exports nothing", () => {
+test("an ended span reaches the processor in a later turn, so it never delays the reply; a burst is handed over at once", async () => {
+	const { t, exporter } = tracer();
+	// As on a server: the span ends in an I/O callback, and packet batching sends the replies in an immediate.
+	const inTheReplyImmediate = await new Promise<number>(resolve =>
+		stat(import.meta.filename, () => {
+			t.startSpan("a", { kind: SpanKind.INTERNAL, parent: null }).end();
+			assert.equal(exporter.getFinishedSpans().length, 0, "not while the handler's reply is still being sent");
+			setImmediate(() => resolve(exporter.getFinishedSpans().length));
+		})
+	);
+	assert.equal(inTheReplyImmediate, 0, "not before the immediate that sends batched replies");
+	await new Promise(resolve => setTimeout(resolve, 5));
+	assert.equal(exporter.getFinishedSpans().length, 1);
+
+	// A turn that ends this many spans is already slow: waiting would only let them pile up.
+	for (let i = 0; i < 1024; i++) t.startSpan(`s${i}`, { kind: SpanKind.INTERNAL, parent: null }).end();
+	assert.equal(exporter.getFinishedSpans().length, 1025);
+});
+
+test("an unsampled span has ids but records and exports nothing", async () => {
 	const { t, exporter } = tracer();
 	const span = t.startSpan("x", { kind: SpanKind.INTERNAL, parent: UNSAMPLED });
 	assert.equal(span.recording, false);
 	assert.equal(span.traceparent(), `00-${UNSAMPLED.traceId}-${span.spanId}-00`);
 	span.setAttribute("a", 1).recordError(new Error("boom")).end();
+	await t.flush();
 	assert.equal(exporter.getFinishedSpans().length, 0);
 });
 
@@ -110,11 +132,12 @@ test("a root span gets a new trace id; its children share it", () => {
 	assert.notEqual(child.spanId, root.spanId);
 });
 
-test("server faults set status ERROR; client errors (4xx) record the error but leave the status unset", () => {
+test("server faults set status ERROR; client errors (4xx) record the error but leave the status unset", async () => {
 	const { t, exporter } = tracer();
 	t.startSpan("a", { kind: SpanKind.INTERNAL, parent: null }).recordError(new Errors.MoleculerError("disk on fire", 500, "DISK")).end();
 	t.startSpan("b", { kind: SpanKind.INTERNAL, parent: null }).recordError(new Errors.ValidationError("bad params")).end();
 	t.startSpan("c", { kind: SpanKind.INTERNAL, parent: null }).recordError(new TypeError("undefined is not a function")).end();
+	await t.flush();
 	const [a, b, c] = exporter.getFinishedSpans();
 	assert.deepEqual(a!.status, { code: SpanStatusCode.ERROR, message: "disk on fire" });
 	assert.equal(a!.attributes["error.type"], "DISK");
@@ -156,6 +179,7 @@ test("channel messages: the sender's trace goes into the headers and the consume
 	const seen = await traceChannelMessage(broker, msg, null, () => activeSpan()?.traceId);
 	assert.equal(seen, sender.traceId);
 	await assert.rejects(traceChannelMessage(broker, msg, null, () => Promise.reject(new Error("smtp down"))), /smtp down/);
+	await t.flush();
 	const [ok, failed] = exporter.getFinishedSpans();
 	assert.equal(ok!.name, "process orders.placed");
 	assert.equal(ok!.kind, SpanKind.CONSUMER);
