@@ -333,8 +333,8 @@ async function main(): Promise<void> {
 	const predicted = (1 - 1 / cpuRatio) * 100;
 	process.stdout.write(
 		`\nTarget (remote): '${TARGET.name}' ≤ 10 % fewer calls/s than '${BASELINE.name}'\n` +
-			`  measured: ${callsLoss.toFixed(1)} % fewer calls/s → ${callsLoss <= 10 ? "met" : "NOT met"}\n` +
-			`  from CPU per call (${pct(cpuRatio)}): ${predicted.toFixed(1)} % fewer calls/s → ${predicted <= 10 ? "met" : "NOT met"}\n` +
+			`  measured: ${callsLoss.toFixed(2)} % fewer calls/s → ${callsLoss <= 10 ? "met" : "NOT met"}\n` +
+			`  from CPU per call (${pct(cpuRatio)}): ${predicted.toFixed(2)} % fewer calls/s → ${predicted <= 10 ? "met" : "NOT met"}\n` +
 			`  load average now: ${os.loadavg().map(n => n.toFixed(2)).join(" ")} (other work on the machine makes calls/s noisy)\n` +
 			`OTLP bytes received by the sink: ${await sink.bytes()}\n`
 	);
