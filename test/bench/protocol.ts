@@ -7,9 +7,9 @@
 export type SystemKind = "lattice" | "bare" | "nats";
 export type SerializerName = "JSON" | "CBOR" | "MsgPack" | "Notepack";
 export type StrategyName = "RoundRobin" | "Latency" | "CpuUsage";
-/** Parts of Lattice's config the overhead suite switches off one at a time: broker options, or a middleware by name. */
-/** The broker options Lattice's config sets that a bench can switch off; middlewares are named `middleware:<Name>`. */
+/** The broker options Lattice's config sets that a bench can switch off (the overhead suite, one at a time). */
 export const BROKER_OPTION_FEATURES = ["requestTimeout", "bulkhead", "circuitBreaker", "tracking", "logger"] as const;
+/** A part of Lattice's config to switch off: one of those broker options, or a middleware by name. */
 export type LatticeFeature = (typeof BROKER_OPTION_FEATURES)[number] | `middleware:${string}`;
 
 /** How one broker of a benchmarked system is configured. */

@@ -1,12 +1,12 @@
 import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { PerformanceObserver, constants as perf } from "node:perf_hooks";
 import { ServiceBroker } from "moleculer";
 import { NATS_URL, uniqueNamespace } from "../support/cluster.ts";
 import { KIB_PAYLOAD, SMALL_PAYLOAD } from "./payloads.ts";
 import { benchService } from "./roles/bench.service.ts";
 import { brokerOptions } from "./systems.ts";
+import { watchProcessStats, type ProcessStats } from "./process-stats.ts";
 import { BROKER_OPTION_FEATURES, type BrokerSpec, type LatticeFeature } from "./protocol.ts";
 
 /**
@@ -23,14 +23,6 @@ import { BROKER_OPTION_FEATURES, type BrokerSpec, type LatticeFeature } from "./
  * or a broker option, as in --only overhead).
  */
 
-interface ServerStats {
-	cpuUs: number;
-	mainThreadUs: number;
-	minorGcs: number;
-	majorGcs: number;
-	gcMs: number;
-}
-
 function specOf(system: string, namespace: string, role: string): BrokerSpec {
 	const [kind, ...off] = system.split("-");
 	if (kind !== "lattice" && kind !== "bare") throw new Error(`unknown system '${system}'`);
@@ -44,22 +36,10 @@ async function serverRole(system: string, namespace: string): Promise<void> {
 	const broker = new ServiceBroker(brokerOptions(specOf(system, namespace, "server")));
 	broker.createService(benchService({ count: 0 }));
 	await broker.start();
-	const gc = { minorGcs: 0, majorGcs: 0, gcMs: 0 };
-	new PerformanceObserver(list => {
-		for (const e of list.getEntries()) {
-			const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind;
-			if (kind === perf.NODE_PERFORMANCE_GC_MAJOR) gc.majorGcs++;
-			else if (kind === perf.NODE_PERFORMANCE_GC_MINOR) gc.minorGcs++;
-			gc.gcMs += e.duration;
-		}
-	}).observe({ entryTypes: ["gc"] });
+	const stats = watchProcessStats();
 	process.on("message", async (m: string) => {
-		if (m === "stats") {
-			const all = process.cpuUsage();
-			const main = process.threadCpuUsage();
-			const stats: ServerStats = { cpuUs: all.user + all.system, mainThreadUs: main.user + main.system, ...gc };
-			process.send!(stats);
-		} else {
+		if (m === "stats") process.send!(stats());
+		else {
 			await broker.stop();
 			process.exit(0);
 		}
@@ -68,9 +48,9 @@ async function serverRole(system: string, namespace: string): Promise<void> {
 	process.send!("ready");
 }
 
-function ask(child: ChildProcess): Promise<ServerStats> {
+function ask(child: ChildProcess): Promise<ProcessStats> {
 	return new Promise(resolve => {
-		child.once("message", m => resolve(m as ServerStats));
+		child.once("message", m => resolve(m as ProcessStats));
 		child.send("stats");
 	});
 }

@@ -3,13 +3,13 @@ import http from "node:http";
 import os from "node:os";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
-import { PerformanceObserver, constants as perf } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { ServiceBroker, type BrokerOptions, type Middleware } from "moleculer";
 import { buildConfig } from "../../moleculer.config.ts";
 import { NATS_URL, TEST_CLUSTER_KEY, TEST_JWT_SECRET, uniqueNamespace } from "../support/cluster.ts";
 import { waitFor } from "../support/processes.ts";
 import { median } from "./stats.ts";
+import { watchProcessStats, type ProcessStats } from "./process-stats.ts";
 
 /**
  * What tracing and metrics cost: calls/s of the same trivial action with metrics on and off, and tracing off,
@@ -115,8 +115,8 @@ async function closedLoop(broker: ServiceBroker, concurrency: number, ms: number
 	const server1 = await server?.cpu();
 	const cell: Cell = { callsPerS: (calls * 1000) / elapsed, seconds: elapsed / 1000, cpuUsPerCall: client / calls };
 	if (server0 && server1) {
-		cell.serverUsPerCall = (server1.total - server0.total) / calls;
-		cell.serverMainUsPerCall = (server1.main - server0.main) / calls;
+		cell.serverUsPerCall = (server1.cpuUs - server0.cpuUs) / calls;
+		cell.serverMainUsPerCall = (server1.mainThreadUs - server0.mainThreadUs) / calls;
 		cell.serverMajorGcs = server1.majorGcs - server0.majorGcs;
 		cell.serverMsgsPerCall = (server1.msgs - server0.msgs) / calls;
 		cell.cpuUsPerCall += cell.serverUsPerCall;
@@ -147,11 +147,11 @@ function sinkRole(): void {
 	process.on("disconnect", () => process.exit(0));
 }
 
-/** A child process running this file in another role: `ask` sends a word and reads the number it answers. */
+/** A child process running this file in another role: `ask` sends a word and reads what it answers. */
 interface Child {
 	/** The child's first message (sent once it is ready). */
 	ready: Promise<unknown>;
-	ask(word: string): Promise<number>;
+	ask<T>(word: string): Promise<T>;
 	stop(): Promise<void>;
 }
 
@@ -164,7 +164,7 @@ function forkRole(args: string[], what: string): Child {
 		}),
 		ask: word =>
 			new Promise(r => {
-				proc.once("message", m => r(Number(m)));
+				proc.once("message", m => r(m as never));
 				proc.send(word);
 			}),
 		stop: () =>
@@ -178,22 +178,19 @@ function forkRole(args: string[], what: string): Child {
 async function startSink(): Promise<{ url: string; bytes: () => Promise<number>; close(): Promise<void> }> {
 	const child = forkRole(["--sink"], "OTLP sink");
 	const url = String(await child.ready);
-	return { url, bytes: () => child.ask("bytes"), close: () => child.stop() };
+	return { url, bytes: () => child.ask<number>("bytes"), close: () => child.stop() };
 }
 
 interface ServerChild {
-	/** CPU time (µs) the server process has used so far, in all and on its main thread. */
-	cpu(): Promise<{ total: number; main: number; majorGcs: number; msgs: number }>;
+	/** What the server process has spent so far, and the NATS messages it has sent and received. */
+	cpu(): Promise<ProcessStats & { msgs: number }>;
 	stop(): Promise<void>;
 }
 
 async function startServer(v: Variant, nodeID: string, namespace: string, sink: string): Promise<ServerChild> {
 	const child = forkRole(["--server", JSON.stringify({ v, nodeID, namespace, sink })], `server for '${v.name}'`);
 	await child.ready;
-	return {
-		cpu: async () => ({ total: await child.ask("cpu"), main: await child.ask("main"), majorGcs: await child.ask("gc"), msgs: await child.ask("msgs") }),
-		stop: () => child.stop()
-	};
+	return { cpu: () => child.ask("stats"), stop: () => child.stop() };
 }
 
 function cpuMicros(): number {
@@ -205,21 +202,13 @@ async function serverRole(arg: { v: Variant; nodeID: string; namespace: string; 
 	const broker = new ServiceBroker(brokerOptions(arg.v, arg.nodeID, arg.namespace, arg.sink, NATS_URL));
 	broker.createService(service);
 	await broker.start();
-	let majorGcs = 0;
-	new PerformanceObserver(list => {
-		for (const e of list.getEntries()) if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perf.NODE_PERFORMANCE_GC_MAJOR) majorGcs++;
-	}).observe({ entryTypes: ["gc"] });
+	const stats = watchProcessStats();
+	const nats = (broker.transit!.tx as unknown as { client: { stats(): { inMsgs: number; outMsgs: number } } }).client;
 	process.send!("ready");
 	process.on("message", async m => {
-		if (m === "cpu") return process.send!(cpuMicros());
-		if (m === "gc") return process.send!(majorGcs);
-		if (m === "msgs") {
-			const st = (broker.transit!.tx as unknown as { client: { stats(): { inMsgs: number; outMsgs: number } } }).client.stats();
-			return process.send!(st.inMsgs + st.outMsgs);
-		}
-		if (m === "main") {
-			const t = process.threadCpuUsage();
-			return process.send!(t.user + t.system);
+		if (m === "stats") {
+			const { inMsgs, outMsgs } = nats.stats();
+			return process.send!({ ...stats(), msgs: inMsgs + outMsgs });
 		}
 		await broker.stop();
 		process.exit(0);
