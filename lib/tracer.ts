@@ -6,7 +6,7 @@ import type { ReadableSpan, SpanProcessor, TimedEvent } from "@opentelemetry/sdk
 import type { Resource } from "@opentelemetry/resources";
 import type { Context, ServiceBroker } from "moleculer";
 import { configError } from "./errors.ts";
-import { activeSpan, extract, formatTraceparent, inject, newSpanId, newTraceId, runWithSpan, type ActiveSpan, type SpanContext } from "./trace-context.ts";
+import { activeSpan, extract, formatTraceparent, inject, newSpanId, newTraceId, ratioWord, runWithSpan, type ActiveSpan, type SpanContext } from "./trace-context.ts";
 
 // The CommonJS build, which prom-client's default metrics already load: importing the ES build as well would put a
 // second copy of the API (some 50 modules) in every node.
@@ -37,36 +37,11 @@ export interface Sampler {
 	readonly readsTraceId: boolean;
 }
 
-/** Hex digit values by char code. A table, not `c < 58 ? … : …`: on random ids that branch is a coin flip the CPU
- * mispredicts half the time, which made the test 3× slower. */
-const HEX_VALUE = new Uint8Array(128);
-for (let i = 0; i < 16; i++) HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
-
-/**
- * OpenTelemetry's TraceIdRatioBased test (the trace id's four 32-bit words XORed, against ratio × 2³²), so that
- * Lattice and any OpenTelemetry service decide alike on the same trace. Inlined: it runs for every new trace, and
- * the SDK's version validates the id with a regex and allocates a result each time. Ids reaching it are valid
- * lowercase hex (made here, or checked by parseTraceparent).
- */
+/** OpenTelemetry's TraceIdRatioBased test (see ratioWord). Inlined: it runs for every new trace, and the SDK's
+ * version validates the id with a regex and allocates a result each time. */
 function ratioTest(ratio: number): (traceId: string) => boolean {
 	const bound = ratio >= 1 ? 0x1_0000_0000 : Math.floor(ratio * 0xffff_ffff);
-	const h = HEX_VALUE;
-	return t => {
-		let acc = 0;
-		for (let i = 0; i < 32; i += 8) {
-			const word =
-				(h[t.charCodeAt(i)]! << 28) |
-				(h[t.charCodeAt(i + 1)]! << 24) |
-				(h[t.charCodeAt(i + 2)]! << 20) |
-				(h[t.charCodeAt(i + 3)]! << 16) |
-				(h[t.charCodeAt(i + 4)]! << 12) |
-				(h[t.charCodeAt(i + 5)]! << 8) |
-				(h[t.charCodeAt(i + 6)]! << 4) |
-				h[t.charCodeAt(i + 7)]!;
-			acc = (acc ^ word) >>> 0;
-		}
-		return acc < bound;
-	};
+	return t => ratioWord(t) < bound;
 }
 
 export function createSampler(name: SamplerName, ratio = 1): Sampler {

@@ -1,6 +1,6 @@
 import { Counter, type Registry } from "prom-client";
 import type { ActionSchema, Context, EventSchema, Service, ServiceBroker } from "moleculer";
-import { activeSpan, extract, inject, runWithSpan, type SpanContext } from "../lib/trace-context.ts";
+import { activeSpan, extract, inject, runDetachedWithSpan, runWithSpan, type SpanContext } from "../lib/trace-context.ts";
 import { createSampler, HTTP_SPAN, nowMs, registerTracer, SpanKind, Tracer, type SamplerName, type Span, type SpanExport } from "../lib/tracer.ts";
 import type { BatchOptions, ExporterSpec } from "../lib/trace-exporter.ts";
 import { latticeSettings } from "../lib/settings.ts";
@@ -90,6 +90,9 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 	let tracer!: Tracer;
 	let broker!: ServiceBroker;
 	let lastFailureLog = 0;
+	// Whether this middleware wraps handlers outermost, so that what calls a remote request's handler is Moleculer's
+	// transit and not another middleware that may have entered an async context of its own (see created()).
+	let outermost = false;
 
 	const registers = opts.registry ? [opts.registry] : [];
 	const recorded = new Counter({
@@ -108,6 +111,12 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 	// Both series exist from the start, so rates and alerts work before the first export.
 	exportedOk.inc(0);
 	exportedFailed.inc(0);
+
+	/** Runs a handler with its span active: detached from the caller's async context when the request came from
+	 * another node straight through Moleculer's transit, which is cheaper and loses nothing (runDetachedWithSpan). */
+	function enter<A>(ctx: Context, span: Span, fn: (arg: A) => Promise<unknown>, arg: A): Promise<unknown> {
+		return outermost && ctx.nodeID !== broker.nodeID ? runDetachedWithSpan(span, fn, arg) : runWithSpan(span, fn, arg);
+	}
 
 	function emitTraced(next: EmitFn, kind: string, eventName: string, payload: unknown, rawOpts: unknown): unknown {
 		// The tracer is made when the broker starts: an event emitted before that (from a service's created()) is
@@ -156,11 +165,16 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 		);
 	}
 
-	return {
+	const middleware: TracingMiddleware = {
 		name: "LatticeTracing",
 
 		created(b: ServiceBroker) {
 			broker = b;
+			// A handler wrapper registered after this one would call ours, perhaps inside an AsyncLocalStorage of its
+			// own: then remote handlers run with run(), which keeps the caller's stores.
+			const list = (b as unknown as { middlewares: { list: Array<Record<string, unknown>> } }).middlewares.list;
+			const after = list.slice(list.indexOf(middleware) + 1);
+			outermost = !after.some(m => typeof m.localAction === "function" || typeof m.localEvent === "function");
 		},
 
 		/**
@@ -209,8 +223,8 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 				span.ctx = ctx;
 				// Nothing to record at the end (unsampled, no exporter, or the gateway's span that ends with the
 				// response): no extra promise hop before the reply goes out.
-				if (adopted || !span.recording) return runWithSpan(span, handler, ctx);
-				return runWithSpan(span, () => finish(span, handler(ctx), ctx));
+				if (adopted || !span.recording) return enter(ctx, span, handler, ctx);
+				return enter(ctx, span, () => finish(span, handler(ctx), ctx), undefined);
 			};
 		},
 
@@ -238,8 +252,8 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 				}
 				(ctx as Traced)[SPAN] = span;
 				span.ctx = ctx;
-				if (!span.recording) return runWithSpan(span, handler, ctx);
-				return runWithSpan(span, () => finish(span, handler(ctx), ctx));
+				if (!span.recording) return enter(ctx, span, handler, ctx);
+				return enter(ctx, span, () => finish(span, handler(ctx), ctx), undefined);
 			};
 		},
 
@@ -290,4 +304,5 @@ export function TracingMiddleware(opts: TracingMiddlewareOptions = {}): TracingM
 			return (eventName, payload, o) => emitTraced(next, "broadcastLocal", eventName, payload, o);
 		}
 	};
+	return middleware;
 }

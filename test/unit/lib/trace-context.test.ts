@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
 	activeSpan,
@@ -11,6 +12,7 @@ import {
 	newTraceId,
 	parseTraceparent,
 	parseTracestate,
+	runDetachedWithSpan,
 	runWithSpan,
 	type ActiveSpan
 } from "../../../lib/trace-context.ts";
@@ -114,6 +116,37 @@ test("the active span follows async work started inside runWithSpan, and only th
 	});
 	assert.deepEqual(seen, [outer, inner, outer]);
 	assert.equal(activeSpan(), undefined);
+});
+
+test("a detached span runs alone in its async context, and the caller's context comes back exactly", async () => {
+	const other = new AsyncLocalStorage<string>();
+	const caller: ActiveSpan = { traceId: TRACE, spanId: SPAN, sampled: true, ctx: null };
+	const span: ActiveSpan = { traceId: TRACE, spanId: "1111111111111111", sampled: true, ctx: null };
+	let later: Promise<[ActiveSpan | undefined, string | undefined]> | undefined;
+	await runWithSpan(caller, () =>
+		other.run("caller's own", async () => {
+			const inside = runDetachedWithSpan(
+				span,
+				(arg: string) => {
+					later = sleep(1).then(() => [activeSpan(), other.getStore()]);
+					return [arg, activeSpan(), other.getStore()] as const;
+				},
+				"arg"
+			);
+			assert.deepEqual(inside, ["arg", span, undefined]);
+			assert.equal(activeSpan(), caller);
+			assert.equal(other.getStore(), "caller's own");
+			await sleep(1);
+			assert.equal(activeSpan(), caller);
+		})
+	);
+	assert.deepEqual(await later, [span, undefined]);
+	assert.equal(activeSpan(), undefined);
+	// A throwing fn restores the caller's context too.
+	runWithSpan(caller, () => {
+		assert.throws(() => runDetachedWithSpan(span, () => { throw new Error("boom"); }, undefined), /boom/);
+		assert.equal(activeSpan(), caller);
+	});
 });
 
 test("log correlation fields come from the active span and its Moleculer context", () => {

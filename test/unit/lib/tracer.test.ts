@@ -45,10 +45,15 @@ test("ratio sampling decides exactly as OpenTelemetry's TraceIdRatioBased sample
 	for (const ratio of [0, 0.001, 0.1, 0.5, 0.999, 1]) {
 		const ours = createSampler("traceidratio", ratio);
 		const otel = new TraceIdRatioBasedSampler(ratio);
+		const otelSampled = (id: string) => otel.shouldSample(ROOT_CONTEXT, id).decision === SamplingDecision.RECORD_AND_SAMPLED;
+		const earlier: string[] = [];
 		for (let i = 0; i < 2000; i++) {
+			// A fresh root id is decided on from its random bytes, any other id from its hex digits: both must agree.
 			const id = newTraceId();
-			assert.equal(ours.sample(null, id), otel.shouldSample(ROOT_CONTEXT, id).decision === SamplingDecision.RECORD_AND_SAMPLED, `${ratio} ${id}`);
+			assert.equal(ours.sample(null, id), otelSampled(id), `${ratio} ${id} (fresh)`);
+			earlier.push(id);
 		}
+		for (const id of earlier) assert.equal(ours.sample(null, id), otelSampled(id), `${ratio} ${id} (from hex)`);
 	}
 });
 

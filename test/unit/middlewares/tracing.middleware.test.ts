@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from "node:async_hooks";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { SpanKind } from "@opentelemetry/api";
@@ -170,6 +171,48 @@ test("handlers see their own span in the async context, also without an exporter
 		assert.equal(activeSpan(), undefined);
 	} finally {
 		await broker.stop();
+	}
+});
+
+test("a remote call's handler runs in its span, and keeps the async context of a middleware wrapping outside tracing", async () => {
+	const tenant = new AsyncLocalStorage<string>();
+	// Registered after tracing, so it wraps outside it: what it enters must reach the handler.
+	const tenantMiddleware = {
+		name: "Tenant",
+		localAction: (next: (ctx: Context) => Promise<unknown>) => (ctx: Context) => tenant.run("acme", () => next(ctx))
+	};
+	const seen = new Map<string, [ActiveSpan | undefined, string | undefined]>();
+	const service = (name: string): ServiceSchema => ({
+		name,
+		actions: {
+			async where(ctx: Context) {
+				await new Promise(r => setTimeout(r, 1));
+				seen.set(name, [activeSpan(), tenant.getStore()]);
+				return ctx.nodeID;
+			}
+		}
+	});
+	const node = (nodeID: string, middlewares: Middleware[], svc?: ServiceSchema) => {
+		const b = new ServiceBroker({ logger: false, nodeID, namespace: "detached", transporter: "Fake", middlewares });
+		if (svc) b.createService(svc);
+		return b;
+	};
+	const plain = node("plain", [TracingMiddleware({ exporter: null })] as Middleware[], service("plain"));
+	const wrapped = node("wrapped", [TracingMiddleware({ exporter: null }), tenantMiddleware] as Middleware[], service("wrapped"));
+	const caller = node("caller", [TracingMiddleware({ exporter: null })] as Middleware[]);
+	await Promise.all([plain.start(), wrapped.start(), caller.start()]);
+	try {
+		await caller.waitForServices(["plain", "wrapped"]);
+		assert.equal(await caller.call("plain.where"), "caller");
+		assert.equal(await caller.call("wrapped.where"), "caller");
+		const [plainSpan, plainTenant] = seen.get("plain")!;
+		assert.equal(plainSpan?.ctx?.action?.name, "plain.where");
+		assert.equal(plainTenant, undefined);
+		const [wrappedSpan, wrappedTenant] = seen.get("wrapped")!;
+		assert.equal(wrappedSpan?.ctx?.action?.name, "wrapped.where");
+		assert.equal(wrappedTenant, "acme");
+	} finally {
+		await Promise.all([plain.stop(), wrapped.stop(), caller.stop()]);
 	}
 });
 
