@@ -51,10 +51,15 @@ let lastTraceWord = 0;
 
 export function newTraceId(): string {
 	const id = randomHex(32);
-	if (id === INVALID_TRACE_ID) return newTraceId();
-	const at = (poolOffset - 32) / 2;
+	const at = (poolOffset - 32) >>> 1;
+	// Signed reads: unsigned ones above 2³¹ would be heap numbers; the XOR is the same bits.
+	const w0 = pool.readInt32BE(at);
+	const w1 = pool.readInt32BE(at + 4);
+	const w2 = pool.readInt32BE(at + 8);
+	const w3 = pool.readInt32BE(at + 12);
+	if ((w0 | w1 | w2 | w3) === 0) return newTraceId(); // the all-zero id is invalid
 	lastTraceId = id;
-	lastTraceWord = (pool.readUInt32BE(at) ^ pool.readUInt32BE(at + 4) ^ pool.readUInt32BE(at + 8) ^ pool.readUInt32BE(at + 12)) >>> 0;
+	lastTraceWord = (w0 ^ w1 ^ w2 ^ w3) >>> 0;
 	return id;
 }
 
