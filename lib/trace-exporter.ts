@@ -25,7 +25,8 @@ import type { OtlpProtocol, SpanExport } from "./tracer.ts";
 export type ExporterSpec =
 	/**
 	 * OTLP/HTTP; `url` is the full traces endpoint (…/v1/traces). Protobuf bodies unless `protocol` says JSON:
-	 * protobuf is the OTLP default and, measured here, about 6× cheaper to encode per span and 2.4× smaller.
+	 * protobuf is the OTLP default and, measured here, about 13× cheaper to encode per span (Lattice's encoder against
+	 * OpenTelemetry's JSON one) and 2.4× smaller.
 	 */
 	| { kind: "otlp"; url: string; timeoutMillis?: number; protocol?: OtlpProtocol }
 	/** Zipkin v2 JSON; `url` is the spans endpoint (…/api/v2/spans). */
