@@ -234,21 +234,10 @@ function writeAnyValue(w: Writer, value: AttributeValue | Uint8Array | Record<st
 		}
 		w.close(array);
 	} else if (typeof value === "object" && value !== null) {
+		// A KeyValueList: its entries are KeyValues in field 1, as attributes are.
 		w.tag(6, LEN);
 		const list = w.open();
-		const obj = value as Record<string, unknown>;
-		for (const k in obj) {
-			if (!Object.hasOwn(obj, k)) continue;
-			w.tag(1, LEN);
-			const kv = w.open();
-			w.tag(1, LEN);
-			w.key(k);
-			w.tag(2, LEN);
-			const at = w.open();
-			writeAnyValue(w, obj[k]);
-			w.close(at);
-			w.close(kv);
-		}
+		writeAttributes(w, value as Attributes, 1);
 		w.close(list);
 	}
 }

@@ -37,8 +37,8 @@ export interface Sampler {
 	readonly readsTraceId: boolean;
 }
 
-/** OpenTelemetry's TraceIdRatioBased test (see ratioWord). Inlined: it runs for every new trace, and the SDK's
- * version validates the id with a regex and allocates a result each time. */
+/** OpenTelemetry's TraceIdRatioBased test (see ratioWord), not the SDK's sampler: it runs for every new trace,
+ * and the SDK's version validates the id with a regex and allocates a result each time. */
 function ratioTest(ratio: number): (traceId: string) => boolean {
 	const bound = ratio >= 1 ? 0x1_0000_0000 : Math.floor(ratio * 0xffff_ffff);
 	return t => ratioWord(t) < bound;
